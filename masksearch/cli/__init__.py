@@ -1,0 +1,71 @@
+"""The ``masksearch`` command line: thin faces over importable functions.
+
+Each module in :data:`COMMAND_MODULES` defines ``register(subparsers)`` which adds its
+subcommand(s) with ``set_defaults(func=...)``; heavy imports happen inside the handlers so
+``masksearch --help`` stays fast.  A subcommand handler returns an exit code (or None for 0).
+Errors a user can cause are raised as :class:`UserError` and printed as one clear line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+COMMAND_MODULES = [
+    "masksearch.cli.models",     # chat
+    "masksearch.cli.retrieval",  # index, search, serve-retriever
+    "masksearch.cli.ramp",       # ramp
+    "masksearch.cli.teacher",    # cot, graph
+    "masksearch.cli.train",      # train sft|grpo, distill
+    "masksearch.cli.eval",       # eval, report
+    "masksearch.cli.quickstart", # quickstart
+]
+
+
+from masksearch.errors import MaskSearchError
+
+
+class UserError(MaskSearchError):
+    """An error the user can fix; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="masksearch", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # subcommand module not built yet
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if not argv else 2
+    if rest and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if getattr(args, "accepts_extra", False):
+        args.extra = rest
+    try:
+        rc = args.func(args)
+    except MaskSearchError as e:
+        print(f"masksearch {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished records are kept and a rerun resumes", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

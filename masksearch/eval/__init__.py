@@ -1,0 +1,1 @@
+"""masksearch.eval"""

@@ -1,0 +1,262 @@
+"""The tag protocol, in one place.
+
+A search agent writes ``<think>…</think>`` then either ``<search>query</search>`` or
+``<answer>…</answer>``; the environment answers a search with ``<information>…</information>``
+(never trained on).  This module has the two halves every other module calls:
+
+* **render** – a :class:`~masksearch.trajectory.Trajectory` to chat messages (TRL's conversational
+  format) and to the exact text a model sees through a chat template;
+* **parse** – a model reply to the next :class:`Action` (search queries / answer / malformed).
+  Malformed replies are classified, never raised.
+
+Environment turns are ``user`` messages whose content is the ``<information>`` block, so any
+chat model (API or local) can continue the conversation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+from masksearch.trajectory import Step, Trajectory
+
+THINK, SEARCH, INFORMATION, ANSWER = "think", "search", "information", "answer"
+TAGS = (THINK, SEARCH, INFORMATION, ANSWER)
+
+# Stop sequences for a policy turn: generation ends right after a search or an answer.
+STOP_SEQUENCES = ("</search>", "</answer>")
+
+STUDENT_SYSTEM_PROMPT = (
+    "You are a search agent. Answer the user's question by searching a knowledge source.\n"
+    "Each turn, first reason inside <think> and </think>. Then either search, writing one query "
+    "inside <search> and </search> (the results come back inside <information> and "
+    "</information>), or give the final answer inside <answer> and </answer>. "
+    "Search as many times as you need. When the question has several [mask] blanks, answer with "
+    "the filled spans in order, separated by ' | '. The answer is short: no explanation."
+)
+
+# ChatML (the format SmolLM2 and Qwen use) with {% generation %} markers around assistant
+# content, so transformers/TRL can compute the assistant-only loss mask.  Unlike SmolLM2's own
+# template it injects no default system prompt.
+STUDENT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+MASK_TOKEN = "[mask]"
+ANSWER_SEPARATOR = " | "
+
+ActionKind = Literal["search", "answer", "malformed"]
+MalformedReason = Literal[
+    "empty",
+    "no_action",
+    "unbalanced_tags",
+    "search_and_answer",
+    "empty_query",
+    "empty_answer",
+    "nested_tags",
+    "information_written",
+]
+
+
+@dataclass
+class Action:
+    """What a policy reply asks for next."""
+
+    kind: ActionKind
+    think: str = ""
+    queries: list[str] = field(default_factory=list)
+    answer: str | None = None
+    reason: str | None = None  # a MalformedReason when kind == "malformed"
+    trailing: str = ""  # text after the closing action tag (a format fault, not fatal)
+
+    @property
+    def ok(self) -> bool:
+        return self.kind != "malformed"
+
+
+_TAG_RE = {t: re.compile(rf"<{t}>(.*?)</{t}>", re.S) for t in TAGS}
+
+
+def _count(text: str, tag: str) -> tuple[int, int]:
+    return text.count(f"<{tag}>"), text.count(f"</{tag}>")
+
+
+def split_queries(body: str) -> list[str]:
+    """One query per non-empty line of a ``<search>`` block."""
+    return [q.strip() for q in body.strip().splitlines() if q.strip()]
+
+
+def parse_action(text: str | None) -> Action:
+    """Parse one policy reply into an :class:`Action`.
+
+    The reply may lack its final closing tag when generation stopped on the stop sequence and the
+    backend dropped it (OpenAI-compatible servers do): an unclosed last ``<search>``/``<answer>``
+    is closed here.  Everything else that deviates is classified as malformed with a reason.
+    """
+    if text is None or not text.strip():
+        return Action("malformed", reason="empty")
+    text = text.strip()
+    # Close a final tag cut by a stop sequence that the backend did not echo back.
+    for tag in (SEARCH, ANSWER):
+        o, c = _count(text, tag)
+        if o == c + 1 and text.rfind(f"<{tag}>") > text.rfind(f"</{tag}>"):
+            text = text + f"</{tag}>"
+    think_m = _TAG_RE[THINK].search(text)
+    think = think_m.group(1).strip() if think_m else ""
+    if _count(text, INFORMATION)[0]:
+        return Action("malformed", think=think, reason="information_written")
+    for tag in TAGS:
+        o, c = _count(text, tag)
+        if o != c:
+            return Action("malformed", think=think, reason="unbalanced_tags")
+    searches = _TAG_RE[SEARCH].findall(text)
+    answers = _TAG_RE[ANSWER].findall(text)
+    for body in searches + answers:
+        if any(f"<{t}>" in body for t in TAGS):
+            return Action("malformed", think=think, reason="nested_tags")
+    if searches and answers:
+        return Action("malformed", think=think, reason="search_and_answer")
+    if answers:
+        answer = answers[-1].strip()
+        end = text.rfind(f"</{ANSWER}>") + len(f"</{ANSWER}>")
+        if not answer:
+            return Action("malformed", think=think, reason="empty_answer")
+        return Action("answer", think=think, answer=answer, trailing=text[end:].strip())
+    if searches:
+        queries = [q for body in searches for q in split_queries(body)]
+        end = text.rfind(f"</{SEARCH}>") + len(f"</{SEARCH}>")
+        if not queries:
+            return Action("malformed", think=think, reason="empty_query")
+        return Action("search", think=think, queries=queries, trailing=text[end:].strip())
+    return Action("malformed", think=think, reason="no_action")
+
+
+def is_well_formed(text: str) -> bool:
+    """A whole student transcript is well formed when every assistant turn parses and the last
+    one is an answer with nothing after it."""
+    a = parse_action(text)
+    return a.kind == "answer" and not a.trailing
+
+
+# ---------------------------------------------------------------------------------- render
+def wrap(tag: str, body: str) -> str:
+    return f"<{tag}>{body}</{tag}>"
+
+
+def information_block(formatted_documents: str) -> str:
+    """The environment's reply to a search: formatted documents inside ``<information>``."""
+    return wrap(INFORMATION, "\n" + formatted_documents.strip() + "\n")
+
+
+def search_turn(thought: str, queries: Sequence[str]) -> str:
+    return wrap(THINK, f" {thought.strip()} ") + "\n" + wrap(SEARCH, " " + "\n".join(queries).strip() + " ")
+
+
+def answer_turn(thought: str, answer: str) -> str:
+    return wrap(THINK, f" {thought.strip()} ") + "\n" + wrap(ANSWER, " " + answer.strip() + " ")
+
+
+def join_answers(spans: Sequence[str]) -> str:
+    """Multi-span answers (several ``[mask]`` blanks, FanoutQA lists) joined in order."""
+    return ANSWER_SEPARATOR.join(s.strip() for s in spans)
+
+
+def split_answer(answer: str | None) -> list[str]:
+    if not answer:
+        return []
+    return [a.strip() for a in answer.split("|") if a.strip()]
+
+
+def _step_information(step: Step, format_documents: Any = None) -> str:
+    if step.information is not None:
+        return step.information
+    if step.error and not step.documents:
+        return information_block(f"Search failed: {step.error}")
+    if format_documents is None:
+        from masksearch.retrieval.tool import format_documents as format_documents  # lazy: optional layer
+    return information_block(format_documents(step.documents))
+
+
+def render_messages(
+    traj: Trajectory,
+    system_prompt: str | None = STUDENT_SYSTEM_PROMPT,
+    include_answer: bool = True,
+    format_documents: Any = None,
+) -> list[dict[str, str]]:
+    """A trajectory as chat messages in TRL's conversational format.
+
+    ``system`` (protocol), ``user`` (question), then per step an ``assistant`` turn
+    (``<think>…</think><search>…</search>``) and a ``user`` turn with ``<information>…``, and a
+    final ``assistant`` turn with ``<answer>``.  ``step.raw``/``final_raw`` are used verbatim when
+    present, so a student's own transcript renders byte for byte.
+    """
+    msgs: list[dict[str, str]] = []
+    if system_prompt:
+        msgs.append({"role": "system", "content": system_prompt})
+    msgs.append({"role": "user", "content": traj.question})
+    for step in traj.steps:
+        content = step.raw or search_turn(step.thought, step.queries)
+        msgs.append({"role": "assistant", "content": content})
+        msgs.append({"role": "user", "content": _step_information(step, format_documents)})
+    if include_answer and traj.answer is not None:
+        msgs.append({"role": "assistant", "content": traj.final_raw or answer_turn(traj.final_thought, traj.answer)})
+    return msgs
+
+
+def render_text(traj: Trajectory, tokenizer: Any, **kw: Any) -> str:
+    """The exact text a model sees for this trajectory (the tokenizer's chat template)."""
+    return tokenizer.apply_chat_template(render_messages(traj, **kw), tokenize=False)
+
+
+def ensure_student_template(tokenizer: Any) -> Any:
+    """Give a tokenizer the student ChatML template (with generation markers) if it lacks them."""
+    tmpl = getattr(tokenizer, "chat_template", None) or ""
+    if "{% generation %}" not in tmpl and "{%- generation -%}" not in tmpl:
+        tokenizer.chat_template = STUDENT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tokenize_messages(tokenizer: Any, messages: list[dict[str, str]]) -> dict[str, list[int]]:
+    """Token ids of a conversation and its assistant mask (1 on assistant-turn tokens, else 0).
+
+    Computed by rendering growing prefixes of the conversation, so it works with any template and
+    the mask is exact to the token: system prompt, question and ``<information>`` are 0.
+    """
+    ids: list[int] = []
+    mask: list[int] = []
+    prev_text = ""
+    for i in range(len(messages)):
+        text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not text.startswith(prev_text):  # template not prefix-stable: fall back to whole text
+            raise ValueError("chat template is not prefix-stable; cannot compute an exact mask")
+        piece = text[len(prev_text):]
+        piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+        flag = 1 if messages[i]["role"] == "assistant" else 0
+        if flag:
+            # the role header "<|im_start|>assistant\n" is the environment's, not the model's
+            head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+            head_piece = head[len(prev_text):] if head.startswith(prev_text) else ""
+            head_ids = tokenizer(head_piece, add_special_tokens=False)["input_ids"] if head_piece else []
+            n_head = len(head_ids) if piece_ids[: len(head_ids)] == head_ids else 0
+            # the newline after <|im_end|> is template glue, not model output
+            tail = 0
+            end_tok = tokenizer.convert_tokens_to_ids("<|im_end|>") if hasattr(tokenizer, "convert_tokens_to_ids") else None
+            if end_tok is not None and end_tok in piece_ids:
+                last = len(piece_ids) - 1 - piece_ids[::-1].index(end_tok)
+                tail = len(piece_ids) - 1 - last
+            mask += [0] * n_head + [1] * (len(piece_ids) - n_head - tail) + [0] * tail
+        else:
+            mask += [0] * len(piece_ids)
+        ids += piece_ids
+        prev_text = text
+    return {"input_ids": ids, "assistant_masks": mask}

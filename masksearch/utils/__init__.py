@@ -1,0 +1,1 @@
+"""Small shared utilities: resumable JSONL streams, sharding, paths."""
