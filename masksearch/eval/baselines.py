@@ -1,0 +1,210 @@
+"""Prompted baselines and the methods the runner evaluates.
+
+* **RAG-PE** (:class:`RagPE`): retrieve the top-k passages for the question, answer in one model
+  call with a prompt asking for a short answer in ``<answer>`` tags.  The run is saved as a
+  :class:`~masksearch.trajectory.Trajectory` with one search step (the question as the query).
+* **Agent-PE / any checkpoint** (:class:`AgentMethod`): the student graph with the given model
+  (an untrained model gives Agent-PE; ``hf:PATH`` evaluates a trained checkpoint).
+* **Teacher** (:class:`TeacherMethod`): the multi-agent teacher graph.
+
+A method is an object with ``async __call__(example) -> Trajectory`` and a ``name``;
+:func:`make_method` builds one from a name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import re
+from typing import Any
+
+from masksearch.data.qa import QAExample
+from masksearch.errors import UnknownSpecError
+from masksearch.protocol import ANSWER, information_block, parse_action
+from masksearch.trajectory import Document, Provenance, Step, Trajectory
+
+METHODS = ("rag-pe", "agent", "teacher")
+
+RAG_PE_SYSTEM_PROMPT = (
+    "Answer the question using the documents below and your own knowledge. "
+    "Give only the short answer (a name, a date, a number or a few words) inside <answer> and "
+    "</answer>, with no explanation."
+)
+RAG_PE_USER_TEMPLATE = "Documents:\n{documents}\n\nQuestion: {question}"
+
+
+def spec_name(obj: Any) -> str:
+    """A printable name for a model or retriever given as a spec string or an object."""
+    if obj is None:
+        return ""
+    if isinstance(obj, str):
+        return obj
+    for attr in ("spec", "model_name", "model", "name"):
+        v = getattr(obj, attr, None)
+        if isinstance(v, str) and v:
+            return v
+    return type(obj).__name__
+
+
+def extract_answer(text: str | None) -> tuple[str | None, bool]:
+    """The answer of a one-call reply and whether it was properly tagged.
+
+    ``<answer>…</answer>`` wins (an unclosed final tag is closed, as the protocol does); otherwise
+    the reply is taken leniently, as prompted baselines are usually scored: tags stripped, first
+    non-empty line, at most 30 words.
+    """
+    if not text or not text.strip():
+        return None, False
+    action = parse_action(text)
+    if action.kind == "answer" and action.answer:
+        return action.answer, True
+    m = re.search(rf"<{ANSWER}>(.*?)(?:</{ANSWER}>|$)", text, re.S)
+    body = m.group(1) if m else text
+    body = re.sub(r"<[^>]{1,20}>", " ", body)
+    for line in body.splitlines():
+        line = line.strip()
+        if line:
+            return " ".join(line.split()[:30]), False
+    return None, False
+
+
+def _model_kwargs(model: Any, max_new_tokens: int | None) -> dict[str, Any]:
+    # LocalChatModel takes generation options per call; API models are configured at construction
+    if max_new_tokens and hasattr(model, "max_new_tokens"):
+        return {"max_new_tokens": max_new_tokens}
+    return {}
+
+
+async def asearch(retriever: Any, query: str, k: int) -> list[Any]:
+    """Top-k LangChain documents for one query from any retriever of ours or any BaseRetriever."""
+    try:
+        from masksearch.retrieval.tool import search_with_retry
+    except ImportError:  # pragma: no cover - retrieval layer not installed
+        search_with_retry = None
+    if search_with_retry is not None:
+        return (await asyncio.to_thread(search_with_retry, retriever, [query], k, 2))[0]
+    if hasattr(retriever, "search_many"):
+        return retriever.search_many([query], k)[0]
+    docs = await retriever.ainvoke(query)
+    return list(docs)[:k]
+
+
+class RagPE:
+    """Retrieve top-k for the question, answer in one call (the paper's RAG-PE baseline)."""
+
+    name = "rag-pe"
+
+    def __init__(self, model: Any, retriever: Any, k: int = 3, max_new_tokens: int = 32,
+                 info_max_tokens: int = 512, model_name: str | None = None, retriever_name: str | None = None):
+        self.model, self.retriever, self.k = model, retriever, k
+        self.max_new_tokens, self.info_max_tokens = max_new_tokens, info_max_tokens
+        self.model_name = model_name or spec_name(model)
+        self.retriever_name = retriever_name or spec_name(retriever)
+
+    def messages(self, question: str, formatted_documents: str) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": RAG_PE_SYSTEM_PROMPT},
+            {"role": "user", "content": RAG_PE_USER_TEMPLATE.format(documents=formatted_documents.strip(),
+                                                                   question=question)},
+        ]
+
+    async def __call__(self, example: QAExample) -> Trajectory:
+        from masksearch.retrieval.tool import format_documents
+
+        traj = Trajectory(id=example.id, question=example.question, golden_answers=list(example.golden_answers),
+                          provenance=Provenance(graph="rag-pe", teacher="rag-pe", models={"answer": self.model_name},
+                                                retriever=self.retriever_name, example_id=example.id,
+                                                source=example.source),
+                          metadata={"answer_match": example.answer_match})
+        docs = await asearch(self.retriever, example.question, self.k)
+        formatted = format_documents(docs, max_tokens=self.info_max_tokens)
+        traj.steps.append(Step(queries=[example.question], documents=[Document.from_langchain(d) for d in docs],
+                               information=information_block(formatted)))
+        msgs = self.messages(example.question, formatted)
+        reply = await self.model.ainvoke(msgs, stop=[f"</{ANSWER}>"], **_model_kwargs(self.model, self.max_new_tokens))
+        text = str(reply.content)
+        if "<answer>" in text and "</answer>" not in text and (reply.response_metadata or {}).get("finish_reason") == "stop":
+            text += "</answer>"
+        answer, tagged = extract_answer(text)
+        traj.final_raw = text
+        traj.answer = answer
+        traj.status = "answered" if tagged else ("malformed" if answer is None else "answered")
+        if not tagged:
+            traj.reason = "no <answer> tags: first line of the reply taken as the answer" if answer else "empty reply"
+        traj.llm_calls.append({"role": "answer", "messages": msgs, "output": text,
+                               "finish_reason": (reply.response_metadata or {}).get("finish_reason")})
+        return traj
+
+
+def _accepted(cls: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The options a context class (dataclass or plain) accepts; the rest are dropped."""
+    if dataclasses.is_dataclass(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+    else:
+        names = set(inspect.signature(cls).parameters)
+    return {k: v for k, v in options.items() if k in names and v is not None}
+
+
+class AgentMethod:
+    """The student graph: Agent-PE with an untrained model, or a trained checkpoint."""
+
+    name = "agent"
+
+    def __init__(self, model: Any, retriever: Any, k: int = 3, max_turns: int = 4, model_name: str | None = None,
+                 retriever_name: str | None = None, **options: Any):
+        from masksearch.graphs.student import StudentContext
+
+        opts = {"model": model, "retriever": retriever, "k": k, "max_turns": max_turns, **options}
+        self.context = StudentContext(**_accepted(StudentContext, opts))
+        self.model_name = model_name or spec_name(model)
+        self.retriever_name = retriever_name or spec_name(retriever)
+
+    async def __call__(self, example: QAExample) -> Trajectory:
+        from masksearch.graphs.student import arun_student
+
+        traj = await arun_student(example, self.context)
+        traj.metadata.setdefault("answer_match", example.answer_match)
+        if not traj.provenance.models:
+            traj.provenance.models = {"policy": self.model_name}
+        if not traj.provenance.retriever:
+            traj.provenance.retriever = self.retriever_name
+        return traj
+
+
+class TeacherMethod:
+    """The multi-agent teacher graph as one more evaluated method."""
+
+    name = "teacher"
+
+    def __init__(self, model: Any, retriever: Any, k: int = 3, max_turns: int = 4, model_name: str | None = None,
+                 retriever_name: str | None = None, **options: Any):
+        from masksearch.graphs import teacher as tg
+
+        self._tg = tg
+        opts = {"models": model, "retriever": retriever, "k": k, "max_turns": max_turns, **options}
+        self.context = tg.TeacherContext(**_accepted(tg.TeacherContext, opts))
+        self.model_name = model_name or spec_name(model)
+        self.retriever_name = retriever_name or spec_name(retriever)
+
+    async def __call__(self, example: QAExample) -> Trajectory:
+        arun = getattr(self._tg, "arun_teacher", None)
+        if arun is not None:
+            traj = await arun(example, self.context)
+        else:
+            traj = await asyncio.to_thread(self._tg.run_teacher, example, self.context)
+        traj.metadata.setdefault("answer_match", example.answer_match)
+        return traj
+
+
+def make_method(name: str, model: Any, retriever: Any, **options: Any) -> Any:
+    """``rag-pe`` | ``agent`` (alias ``agent-pe``, ``student``) | ``teacher`` -> a method object."""
+    key = name.lower().replace("_", "-")
+    if key in ("rag-pe", "rag", "ragpe"):
+        allowed = {"k", "max_new_tokens", "info_max_tokens", "model_name", "retriever_name"}
+        return RagPE(model, retriever, **{k: v for k, v in options.items() if k in allowed and v is not None})
+    if key in ("agent", "agent-pe", "student"):
+        return AgentMethod(model, retriever, **options)
+    if key == "teacher":
+        return TeacherMethod(model, retriever, **options)
+    raise UnknownSpecError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")

@@ -1,0 +1,228 @@
+"""The benchmark runner: a method over benchmarks, concurrent, resumable, scored.
+
+``run_eval(method, model, retriever, benchmarks=[...] | data=[...], limit, concurrency, out_dir)``
+runs the questions of each benchmark through the method with up to ``concurrency`` questions in
+flight (asyncio; a batching local model turns them into batched ``generate`` calls), and writes
+
+* ``OUT/<benchmark>/predictions.jsonl`` – one record per question: the prediction, its status,
+  per-question metric values, optional judge verdict and the full trajectory.  Written as each
+  question finishes; a rerun skips the ids already there (a torn last line is repaired);
+* ``OUT/results.json`` – per-benchmark means over *every* record in the file (so a resumed run
+  reports the whole benchmark), the average over benchmarks, counts and wall time.
+
+A question whose run raises (or ends with status ``error``: a crashed model or retriever) is
+counted (``failed``), not written, and retried by a rerun; the warning names the causes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from masksearch.data.benchmarks import benchmark_name, load_benchmark
+from masksearch.data.qa import QAExample
+from masksearch.eval.baselines import make_method, spec_name
+from masksearch.eval.metrics import METRICS, aggregate, score
+from masksearch.trajectory import Trajectory
+from masksearch.utils.jsonl import ReadStats, ResumableJsonlWriter, iter_jsonl
+
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+def _resolve_model(model: Any) -> Any:
+    if model is None or isinstance(model, str):
+        from masksearch.models import make_chat_model
+
+        return make_chat_model(model or "smollm2")
+    return model
+
+
+def _resolve_retriever(retriever: Any) -> Any:
+    if retriever is None:
+        raise ValueError("a retriever is needed: a spec such as 'bm25:PATH' or a retriever object")
+    if isinstance(retriever, str):
+        from masksearch.retrieval import make_retriever
+
+        return make_retriever(retriever)
+    return retriever
+
+
+def prediction_record(example: QAExample, traj: Trajectory, benchmark: str, elapsed_s: float,
+                      verdict: dict[str, Any] | None = None) -> dict[str, Any]:
+    metrics = score(traj.answer, example)
+    if verdict is not None:
+        metrics["judge"] = 1.0 if verdict.get("correct") else 0.0
+        traj.verdicts["llm"] = verdict
+    traj.verdicts.setdefault("metrics", metrics)
+    return {
+        "id": example.id,
+        "benchmark": benchmark,
+        "question": example.question,
+        "golden_answers": list(example.golden_answers),
+        "answer_match": example.answer_match,
+        "prediction": traj.answer,
+        "status": traj.status,
+        "num_searches": traj.num_searches,
+        "metrics": metrics,
+        "elapsed_s": round(elapsed_s, 3),
+        "trajectory": traj.to_dict(),
+    }
+
+
+def summarize_predictions(path: str | os.PathLike) -> dict[str, Any]:
+    """Means of every metric over a predictions file, with counts by status."""
+    rows, statuses, searches = [], Counter(), []
+    for rec in iter_jsonl(path, stats=ReadStats()):
+        rows.append(rec.get("metrics") or {})
+        statuses[rec.get("status", "?")] += 1
+        searches.append(rec.get("num_searches") or 0)
+    return {
+        "n": len(rows),
+        "metrics": aggregate(rows),
+        "status_counts": dict(statuses),
+        "avg_searches": sum(searches) / len(searches) if searches else 0.0,
+    }
+
+
+async def _run_benchmark(method: Any, examples: Sequence[QAExample], bench: str, out_path: Path,
+                         concurrency: int, judge: Any, resume: bool, progress: bool) -> dict[str, Any]:
+    writer = ResumableJsonlWriter(out_path, resume=resume)
+    todo = [ex for ex in examples if ex.id not in writer.done]
+    failed: Counter = Counter()
+    sem = asyncio.Semaphore(max(1, concurrency))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"{method.name}:{bench}",
+                   unit="q", dynamic_ncols=True)
+
+    async def one(ex: QAExample) -> None:
+        async with sem:
+            t0 = time.perf_counter()
+            try:
+                traj = await method(ex)
+                if traj.status == "error":  # the graphs report a crashed run instead of raising
+                    raise RuntimeError(traj.reason or "run ended with status error")
+                verdict = None
+                if judge is not None:
+                    v = await judge.ajudge(ex.question, ex.golden_answers, traj.answer, ex.answer_match)
+                    verdict = v.to_dict()
+                writer.write(prediction_record(ex, traj, bench, time.perf_counter() - t0, verdict))
+            except Exception as e:  # noqa: BLE001 - one bad question must not end the run
+                failed[f"{type(e).__name__}: {str(e)[:200]}"] += 1
+            finally:
+                if bar is not None:
+                    bar.update(1)
+
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(one(ex) for ex in todo))
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    ids = {ex.id for ex in examples}
+    summary = summarize_predictions(out_path) if out_path.exists() else {"n": 0, "metrics": {}}
+    # only the requested questions count (a file may hold more from an earlier, larger --limit)
+    if summary["n"] != len(ids):
+        rows = [r for r in iter_jsonl(out_path, stats=ReadStats()) if r.get("id") in ids]
+        summary = {"n": len(rows), "metrics": aggregate([r.get("metrics") or {} for r in rows]),
+                   "status_counts": dict(Counter(r.get("status", "?") for r in rows)),
+                   "avg_searches": sum(r.get("num_searches") or 0 for r in rows) / len(rows) if rows else 0.0}
+    summary.update({"requested": len(examples), "ran": len(todo), "failed": sum(failed.values()),
+                    "failures": dict(failed.most_common(5)), "wall_s": round(wall, 2),
+                    "questions_per_min": round(len(todo) / wall * 60, 2) if todo and wall > 0 else None})
+    return summary
+
+
+async def arun_eval(method: str | Any = "agent", model: Any = "smollm2", retriever: Any = None,
+                    benchmarks: Sequence[str] | None = None, data: Sequence[str] | None = None,
+                    limit: int | None = None, concurrency: int = 8, out_dir: str | os.PathLike = "eval-out",
+                    k: int = 3, max_turns: int = 4, judge: Any = None, label: str | None = None,
+                    resume: bool = True, progress: bool = True, **method_options: Any) -> dict[str, Any]:
+    """Async :func:`run_eval` (for notebooks with a running event loop)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sources: list[str] = list(benchmarks or []) + list(data or [])
+    if not sources:
+        raise ValueError("nothing to evaluate: give benchmarks (names) and/or data (files)")
+    model_name = method_options.pop("model_name", None) or spec_name(model)
+    retriever_name = method_options.pop("retriever_name", None) or spec_name(retriever)
+    if isinstance(method, str):
+        method_name = method
+        model_obj = _resolve_model(model)
+        retr_obj = _resolve_retriever(retriever)
+        method = make_method(method, model_obj, retr_obj, k=k, max_turns=max_turns, model_name=model_name,
+                             retriever_name=retriever_name, **method_options)
+    else:
+        method_name = getattr(method, "name", type(method).__name__)
+    if isinstance(judge, str):
+        from masksearch.eval.judge import LLMJudge
+
+        judge = LLMJudge(judge)
+
+    results_path = out / RESULTS_FILE
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results: dict[str, Any] = {
+        "label": label or previous.get("label") or f"{method_name} ({model_name})",
+        "method": method_name, "model": model_name, "retriever": retriever_name,
+        "k": k, "max_turns": max_turns, "limit": limit, "concurrency": concurrency,
+        "judge": getattr(judge, "name", None) if judge is not None else None,
+        "benchmarks": dict(previous.get("benchmarks") or {}),
+    }
+    t_all = time.perf_counter()
+    for src in sources:
+        bench = benchmark_name(src)
+        stats = ReadStats()
+        examples = load_benchmark(src, limit=limit, stats=stats)
+        summary = await _run_benchmark(method, examples, bench, out / bench / PREDICTIONS_FILE, concurrency,
+                                       judge, resume, progress)
+        summary["source"] = str(src)
+        summary["load"] = stats.summary()
+        prev_wall = ((previous.get("benchmarks") or {}).get(bench) or {}).get("wall_s_total", 0.0) if resume else 0.0
+        summary["wall_s_total"] = round(prev_wall + summary["wall_s"], 2)
+        results["benchmarks"][bench] = summary
+        if summary["failed"]:
+            print(f"warning: {bench}: {summary['failed']} question(s) failed and were not written "
+                  f"(rerun to retry): {summary['failures']}")
+        _write_results(results_path, results)
+    results["wall_s"] = round(time.perf_counter() - t_all, 2)
+    results["wall_s_total"] = round(sum(b.get("wall_s_total", 0.0) for b in results["benchmarks"].values()), 2)
+    _write_results(results_path, results)
+    return results
+
+
+def _write_results(path: Path, results: dict[str, Any]) -> None:
+    benches = results["benchmarks"]
+    metrics = sorted({m for b in benches.values() for m in (b.get("metrics") or {})},
+                     key=lambda m: (METRICS + ("judge",)).index(m) if m in METRICS + ("judge",) else 99)
+    results["avg"] = {m: sum(b["metrics"][m] for b in benches.values() if m in b.get("metrics", {}))
+                      / max(1, sum(1 for b in benches.values() if m in b.get("metrics", {})))
+                      for m in metrics}
+    results["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def run_eval(method: str | Any = "agent", model: Any = "smollm2", retriever: Any = None,
+             benchmarks: Sequence[str] | None = None, data: Sequence[str] | None = None,
+             limit: int | None = None, concurrency: int = 8, out_dir: str | os.PathLike = "eval-out",
+             **kwargs: Any) -> dict[str, Any]:
+    """Evaluate ``method`` (``rag-pe`` | ``agent`` | ``teacher`` or a method object) with ``model``
+    (a spec or chat model) and ``retriever`` (a spec or retriever) on ``benchmarks`` (short names)
+    and/or ``data`` (files); returns the ``results.json`` content.  See the module docstring."""
+    return asyncio.run(arun_eval(method, model, retriever, benchmarks=benchmarks, data=data, limit=limit,
+                                 concurrency=concurrency, out_dir=out_dir, **kwargs))
+
+
+__all__ = ["run_eval", "arun_eval", "summarize_predictions", "prediction_record"]
