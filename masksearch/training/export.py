@@ -1,0 +1,382 @@
+"""Trace export: teacher runs -> the student's SFT dataset, and the ``cot`` job that makes them.
+
+* :func:`trajectory_to_sft_row` renders a :class:`~masksearch.trajectory.Trajectory` as one row in
+  TRL's conversational format (``{"messages": [...]}``) through
+  :func:`masksearch.protocol.render_messages`: the student system prompt, the question, assistant
+  ``<think>…</think>\\n<search>…</search>`` turns, ``user`` turns carrying ``<information>…``, and a
+  final ``<think>…</think>\\n<answer>…</answer>``.  Tokenised with
+  :func:`masksearch.protocol.tokenize_messages` only the assistant turns are trainable.
+* :class:`AcceptFilter` decides which runs become rows (verdict, format validity, turns,
+  grounding); it is configurable from a short string (``"em"``, ``"recall:0.8"``, ``"llm"``...).
+* :func:`run_cot` / :func:`arun_cot` run a teacher (the LLM teacher graph or the provenance
+  teacher) over a RAMP or benchmark file concurrently, resumably, writing ``trajectories.jsonl``
+  (every run), ``sft.jsonl`` (accepted rows) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from masksearch.protocol import STUDENT_SYSTEM_PROMPT, parse_action, render_messages
+from masksearch.trajectory import Trajectory
+
+SearchQueries = str  # "first" (the sub-query: one query per search, as the student is told) | "all"
+
+
+# ----------------------------------------------------------------------------- rows
+def _render_copy(traj: Trajectory, search_queries: SearchQueries) -> Trajectory:
+    t = copy.copy(traj)
+    t.steps = []
+    for s in traj.steps:
+        s2 = copy.copy(s)
+        s2.raw = ""  # the teacher's role outputs are for debugging, not for the student
+        if search_queries == "first":
+            s2.queries = s.queries[:1]
+        t.steps.append(s2)
+    t.final_raw = ""
+    return t
+
+
+def trajectory_to_sft_row(traj: Trajectory, *, search_queries: SearchQueries = "first",
+                          system_prompt: str | None = STUDENT_SYSTEM_PROMPT) -> dict[str, Any]:
+    """One SFT row ``{"messages": [...]}`` (TRL conversational format) for a teacher trajectory.
+
+    ``search_queries="first"`` writes each step's first query (the teacher's sub-query) in
+    ``<search>``, matching the student's one-query protocol; ``"all"`` writes every rewritten
+    query, one per line.  The ``<information>`` turn is the exact block the teacher saw.
+    """
+    if traj.answer is None:
+        raise ValueError(f"trajectory {traj.id} has no answer; only answered runs export")
+    if search_queries not in ("first", "all"):
+        raise ValueError("search_queries must be 'first' or 'all'")
+    return {"messages": render_messages(_render_copy(traj, search_queries), system_prompt=system_prompt)}
+
+
+def format_problems(messages: list[dict[str, str]]) -> list[str]:
+    """Why a row breaks the student protocol (empty list = well formed)."""
+    probs = []
+    body = [m for m in messages if m["role"] != "system"]
+    if not body or body[0]["role"] != "user":
+        probs.append("no question")
+    turns = body[1:]
+    for i, m in enumerate(turns):
+        last = i == len(turns) - 1
+        if i % 2 == 0:
+            if m["role"] != "assistant":
+                probs.append(f"turn {i}: expected assistant")
+                continue
+            a = parse_action(m["content"])
+            want = "answer" if last else "search"
+            if a.kind != want:
+                probs.append(f"turn {i}: expected {want}, got {a.kind} ({a.reason})")
+            elif a.trailing:
+                probs.append(f"turn {i}: text after the action tag")
+            elif not a.think:
+                probs.append(f"turn {i}: no <think>")
+        else:
+            if m["role"] != "user" or not m["content"].startswith("<information>"):
+                probs.append(f"turn {i}: expected an <information> turn")
+    if turns and turns[-1]["role"] != "assistant":
+        probs.append("does not end with an answer")
+    return probs
+
+
+# ----------------------------------------------------------------------------- accept filter
+@dataclass
+class AcceptFilter:
+    """Which runs become SFT rows.
+
+    ``verdict``: ``"em"`` (string exact match), ``"recall"`` (token recall >= ``min_recall``),
+    ``"llm"`` (LLM judge says correct), ``"em_or_llm"``, or ``"none"`` (any answered run).
+    A ``grounded`` verdict (provenance teacher) must be ok when ``require_grounded``.
+    """
+
+    verdict: str = "em"
+    min_recall: float = 1.0
+    require_answered: bool = True
+    require_format: bool = True
+    require_grounded: bool = True
+    min_searches: int = 1
+    max_turns: int | None = None
+
+    @classmethod
+    def parse(cls, spec: "str | AcceptFilter | None") -> "AcceptFilter":
+        """``"em"``, ``"recall"``, ``"recall:0.8"``, ``"llm"``, ``"em_or_llm"``, ``"none"``; extra
+        comma-separated options: ``max_turns=3``, ``min_searches=0``, ``format=0``, ``grounded=0``."""
+        if isinstance(spec, AcceptFilter):
+            return spec
+        f = cls()
+        if not spec:
+            return f
+        parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+        for p in parts:
+            if "=" in p:
+                k, v = (x.strip() for x in p.split("=", 1))
+                if k == "max_turns":
+                    f.max_turns = int(v)
+                elif k == "min_searches":
+                    f.min_searches = int(v)
+                elif k == "format":
+                    f.require_format = v not in ("0", "false", "no")
+                elif k == "grounded":
+                    f.require_grounded = v not in ("0", "false", "no")
+                else:
+                    raise ValueError(f"unknown accept option {k!r} (max_turns, min_searches, format, grounded)")
+                continue
+            name, _, arg = p.partition(":")
+            if name not in ("em", "recall", "llm", "em_or_llm", "none"):
+                raise ValueError(f"unknown accept verdict {name!r}: use em, recall[:X], llm, em_or_llm or none")
+            f.verdict = name
+            if arg:
+                f.min_recall = float(arg)
+        return f
+
+    def check(self, traj: Trajectory) -> tuple[bool, str]:
+        """``(accepted, reason)``; ``reason`` names the first failed condition."""
+        if self.require_answered and (traj.status != "answered" or traj.answer is None):
+            return False, f"status:{traj.status}"
+        if traj.num_searches < self.min_searches:
+            return False, "no_search"
+        if self.max_turns is not None and len(traj.steps) > self.max_turns:
+            return False, "too_many_turns"
+        grounded = traj.verdicts.get("grounded")
+        if self.require_grounded and grounded is not None and not grounded.get("ok"):
+            return False, "ungrounded"
+        s = traj.verdicts.get("string", {})
+        llm = traj.verdicts.get("llm", {}).get("correct")
+        ok = {"em": bool(s.get("em")), "recall": s.get("recall", 0.0) >= self.min_recall,
+              "llm": llm is True, "em_or_llm": bool(s.get("em")) or llm is True, "none": True}[self.verdict]
+        if not ok:
+            return False, f"verdict:{self.verdict}"
+        if self.require_format and traj.answer is not None:
+            if format_problems(trajectory_to_sft_row(traj)["messages"]):
+                return False, "format"
+        return True, "accepted"
+
+    def __call__(self, traj: Trajectory) -> bool:
+        return self.check(traj)[0]
+
+
+# ----------------------------------------------------------------------------- the cot job
+def parse_teacher_spec(spec: Any) -> Any:
+    """``"smollm2"`` -> one model for all roles; ``"planner=openai:gpt-4o,default=smollm2"`` -> a
+    role mapping; ``"provenance"`` -> the provenance teacher; objects pass through."""
+    if not isinstance(spec, str):
+        return spec
+    spec = spec.strip()
+    if "=" not in spec:
+        return spec
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        role, _, model = part.partition("=")
+        role, model = role.strip(), model.strip()
+        if role not in ("planner", "rewriter", "observer", "judge", "default") or not model:
+            raise ValueError(f"bad teacher spec part {part!r}: use ROLE=MODEL with ROLE in planner, "
+                             "rewriter, observer, judge, default")
+        out[role] = model
+    return out
+
+
+def summarize(trajs: list[Trajectory], accepted: Mapping[str, bool], reasons: Counter) -> dict[str, Any]:
+    n = len(trajs)
+    status = Counter(t.status for t in trajs)
+    n_acc = sum(1 for t in trajs if accepted.get(t.id))
+    malformed: Counter = Counter()
+    for t in trajs:
+        malformed.update(t.metadata.get("malformed", {}) or {})
+    teachers = Counter(t.provenance.teacher for t in trajs)
+    return {
+        "trajectories": n,
+        "accepted": n_acc,
+        "rejected": n - n_acc,
+        "acceptance_rate": round(n_acc / n, 4) if n else 0.0,
+        "by_status": dict(status),
+        "rejected_by_reason": dict(reasons),
+        "mean_turns": round(sum(len(t.steps) for t in trajs) / n, 3) if n else 0.0,
+        "mean_searches": round(sum(t.num_searches for t in trajs) / n, 3) if n else 0.0,
+        "malformed_role_outputs": dict(malformed),
+        "teachers": dict(teachers),
+    }
+
+
+async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher: Any = "smollm2",
+                   retriever: Any = None, *, concurrency: int = 4, limit: int | None = None,
+                   resume: bool = True, checkpoint_db: str | None = None, accept: Any = None,
+                   max_turns: int = 5, k: int = 5, max_docs: int = 10, info_max_tokens: int = 512,
+                   llm_judge: bool = False, search_queries: SearchQueries = "first", shard: str | None = None,
+                   model_options: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Async :func:`run_cot`."""
+    from masksearch.data.qa import iter_qa
+    from masksearch.utils.jsonl import ReadStats, ResumableJsonlWriter, in_shard, parse_shard
+
+    if not os.path.exists(input):
+        from masksearch.errors import MaskSearchError
+
+        raise MaskSearchError(f"input file not found: {input} (a RAMP JSONL from `masksearch ramp` or a "
+                              "benchmark file like ../shared/data/bench/hotpotqa.dev.jsonl)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    filt = AcceptFilter.parse(accept)
+    teacher = parse_teacher_spec(teacher)
+    is_prov = isinstance(teacher, str) and teacher == "provenance"
+
+    # the retriever (resolved once; a spec is kept as its name in the provenance)
+    retriever_name = retriever if isinstance(retriever, str) else None
+    if isinstance(retriever, str):
+        from masksearch.retrieval import make_retriever
+
+        retriever_obj = make_retriever(retriever, k=k)
+    elif retriever is None:
+        from masksearch.errors import MaskSearchError
+
+        raise MaskSearchError("cot needs a retriever: --retriever bm25:DIR (build one with `masksearch index`)")
+    else:
+        retriever_obj = retriever
+
+    stats = ReadStats()
+    sh = parse_shard(shard)
+    examples = []
+    for i, ex in enumerate(iter_qa(input, stats=stats)):
+        if not in_shard(i, sh):
+            continue
+        examples.append(ex)
+        if limit is not None and len(examples) >= limit:
+            break
+
+    traj_w = ResumableJsonlWriter(out / "trajectories.jsonl", resume=resume)
+    sft_w = ResumableJsonlWriter(out / "sft.jsonl", resume=resume)
+    accepted: dict[str, bool] = {}
+    reasons: Counter = Counter()
+    previous: list[Trajectory] = []
+    if resume and traj_w.done:  # re-check earlier runs; write any accepted row lost in a kill
+        from masksearch.trajectory import read_trajectories
+
+        for t in read_trajectories(str(out / "trajectories.jsonl")):
+            ok, why = filt.check(t)
+            accepted[t.id] = ok
+            if not ok:
+                reasons[why] += 1
+            elif t.id not in sft_w.done:
+                sft_w.write({"id": t.id, **trajectory_to_sft_row(t, search_queries=search_queries)})
+            previous.append(t)
+    todo = [ex for ex in examples if ex.id not in traj_w.done]
+    seen: set[str] = set()
+    todo = [ex for ex in todo if not (ex.id in seen or seen.add(ex.id))]  # duplicate ids run once
+
+    context = None
+    graph = None
+    saver_cm = None
+    if not is_prov:
+        from masksearch.graphs.teacher import TeacherContext, build_teacher_graph
+
+        if isinstance(teacher, TeacherContext):
+            context = teacher
+            context.retriever = retriever_obj
+        else:
+            context = TeacherContext(models=teacher, retriever=retriever_obj, k=k, max_docs=max_docs,
+                                     max_turns=max_turns, info_max_tokens=info_max_tokens, llm_judge=llm_judge,
+                                     model_options=dict(model_options or {}))
+        if checkpoint_db:
+            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+            saver_cm = AsyncSqliteSaver.from_conn_string(str(checkpoint_db))
+            graph = build_teacher_graph(checkpointer=await saver_cm.__aenter__())
+        else:
+            graph = build_teacher_graph()
+    teacher_name = "provenance" if is_prov else context.teacher_name()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"cot [{teacher_name}]", unit="traj", dynamic_ncols=True)
+
+    sem = asyncio.Semaphore(max(1, concurrency))
+    new: list[Trajectory] = []
+
+    async def one(ex: Any) -> Trajectory:
+        async with sem:
+            if is_prov:
+                from masksearch.training.provenance import run_provenance
+
+                return await asyncio.to_thread(run_provenance, ex, retriever_obj, k=k,
+                                               info_max_tokens=info_max_tokens, retriever_name=retriever_name)
+            from masksearch.graphs.teacher import arun_teacher
+
+            t = await arun_teacher(ex, context, graph=graph, thread_id=f"{teacher_name}:{ex.id}")
+            if retriever_name:
+                t.provenance.retriever = retriever_name
+            return t
+
+    t0 = time.perf_counter()
+    try:
+        for fut in asyncio.as_completed([one(ex) for ex in todo]):
+            t = await fut
+            ok, why = filt.check(t)
+            accepted[t.id] = ok
+            t.metadata["accepted"] = ok
+            t.metadata["accept_reason"] = why
+            traj_w.write(t.to_dict())
+            if ok:
+                sft_w.write({"id": t.id, **trajectory_to_sft_row(t, search_queries=search_queries)})
+            else:
+                reasons[why] += 1
+            new.append(t)
+            if bar is not None:
+                n_acc = sum(1 for x in accepted.values() if x)
+                bar.set_postfix(acc=f"{n_acc / max(1, len(accepted)):.0%}")
+                bar.update(1)
+    finally:
+        elapsed = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        traj_w.close()
+        sft_w.close()
+        if saver_cm is not None:
+            await saver_cm.__aexit__(None, None, None)
+
+    summary = summarize(previous + new, accepted, reasons)
+    summary.update({
+        "teacher": teacher_name,
+        "retriever": retriever_name or type(retriever_obj).__name__,
+        "input": str(input),
+        "accept": filt.__dict__,
+        "new_this_run": len(new),
+        "resumed": len(previous),
+        "input_lines_skipped": stats.n_skipped,
+        "input_skipped_by_reason": dict(stats.skipped),
+        "seconds": round(elapsed, 3),
+        "trajectories_per_minute": round(len(new) / elapsed * 60, 3) if new and elapsed > 0 else 0.0,
+        "concurrency": concurrency,
+    })
+    with open(out / "summary.json", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def run_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher: Any = "smollm2",
+            retriever: Any = None, **kw: Any) -> dict[str, Any]:
+    """Run a teacher over a RAMP or benchmark file; returns (and writes) the summary.
+
+    ``teacher``: a model spec (one model for every role), a ``"ROLE=SPEC,..."`` mapping, a
+    ``BaseChatModel``, a :class:`~masksearch.graphs.teacher.TeacherContext`, or ``"provenance"``.
+    ``retriever``: a spec (``"bm25:DIR"``) or any ``BaseRetriever``.  Keyword options: see
+    :func:`arun_cot` (``concurrency``, ``limit``, ``resume``, ``checkpoint_db``, ``accept``, ...).
+    """
+    coro = arun_cot(input, out_dir, teacher, retriever, **kw)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
