@@ -51,8 +51,8 @@ def extract_answer(text: str | None) -> tuple[str | None, bool]:
     """The answer of a one-call reply and whether it was properly tagged.
 
     ``<answer>…</answer>`` wins (an unclosed final tag is closed, as the protocol does); otherwise
-    the reply is taken leniently, as prompted baselines are usually scored: tags stripped, first
-    non-empty line, at most 30 words.
+    the reply is taken leniently, as prompted baselines are usually scored: ``<think>`` and
+    ``<search>`` blocks dropped, remaining tags stripped, first non-empty line, at most 30 words.
     """
     if not text or not text.strip():
         return None, False
@@ -61,7 +61,8 @@ def extract_answer(text: str | None) -> tuple[str | None, bool]:
         return action.answer, True
     m = re.search(rf"<{ANSWER}>(.*?)(?:</{ANSWER}>|$)", text, re.S)
     body = m.group(1) if m else text
-    body = re.sub(r"<[^>]{1,20}>", " ", body)
+    body = re.sub(r"<(think|search)>.*?(</\1>|$)", " ", body, flags=re.S)
+    body = re.sub(r"</?[a-z_]{1,20}>", " ", body)
     for line in body.splitlines():
         line = line.strip()
         if line:
@@ -77,17 +78,10 @@ def _model_kwargs(model: Any, max_new_tokens: int | None) -> dict[str, Any]:
 
 
 async def asearch(retriever: Any, query: str, k: int) -> list[Any]:
-    """Top-k LangChain documents for one query from any retriever of ours or any BaseRetriever."""
-    try:
-        from masksearch.retrieval.tool import search_with_retry
-    except ImportError:  # pragma: no cover - retrieval layer not installed
-        search_with_retry = None
-    if search_with_retry is not None:
-        return (await asyncio.to_thread(search_with_retry, retriever, [query], k, 2))[0]
-    if hasattr(retriever, "search_many"):
-        return retriever.search_many([query], k)[0]
-    docs = await retriever.ainvoke(query)
-    return list(docs)[:k]
+    """Top-k LangChain documents for one query (any retriever of ours or any BaseRetriever)."""
+    from masksearch.retrieval.tool import asearch_with_retry
+
+    return (await asearch_with_retry(retriever, [query], k))[0]
 
 
 class RagPE:

@@ -1,0 +1,59 @@
+"""The LLM judge: strict verdict parsing on messy replies, and the judge with a scripted chat model."""
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+from masksearch.eval.judge import LLMJudge, parse_verdict
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("Verdict: CORRECT", True),
+    ("verdict: incorrect", False),
+    ("The prediction names the same person.\nVerdict: CORRECT", True),
+    ("**Verdict:** Incorrect.", False),
+    ("  Final verdict - Correct!  ", True),
+    ("<verdict>INCORRECT</verdict>", False),
+    ("Reasoning here.\nCORRECT", True),
+    ("incorrect", False),
+    ("Verdict: yes", True),
+    ("Verdict = wrong", False),
+])
+def test_parse_clear_verdicts(reply, expected):
+    assert parse_verdict(reply) is expected
+
+
+@pytest.mark.parametrize("reply", [
+    "",
+    None,
+    "The answer is correct.",            # prose, no verdict line
+    "Correct? No, it names the wrong year.",
+    "Verdict: not correct",               # negated: refused, not read as "correct"
+    "Verdict: CORRECT\nVerdict: INCORRECT",  # contradictory
+    "Verdict: partially correct",
+    "Verdict: CORRECT or INCORRECT",
+    "I cannot decide.",
+])
+def test_parse_ambiguous_gives_none(reply):
+    assert parse_verdict(reply) is None
+
+
+def test_judge_with_scripted_model_and_prompt_content():
+    model = FakeListChatModel(responses=["Same city.\nVerdict: CORRECT", "Hmm, maybe?"])
+    judge = LLMJudge(model)
+    v = judge.judge("Capital of France?", ["Paris"], "paris, france")
+    assert v.correct is True and "CORRECT" in v.raw
+    v2 = judge.judge("Capital of France?", ["Paris"], "Lyon")
+    assert v2.correct is None  # unparseable reply is no verdict, never a pass
+
+    msgs = LLMJudge.messages("Which films?", ["A", "B"], "A", answer_match="all")
+    assert "A | B" in msgs[1]["content"] and "every one" in msgs[1]["content"]
+    assert "Verdict: CORRECT" in msgs[1]["content"]
+
+
+async def test_judge_async_and_empty_prediction_skips_model():
+    model = FakeListChatModel(responses=["Verdict: INCORRECT"])
+    judge = LLMJudge(model)
+    empty = await judge.ajudge("q?", ["x"], "  ")
+    assert empty.correct is False and empty.raw == ""  # no model call spent on an empty answer
+    v = await judge.ajudge("q?", ["x"], "y")
+    assert v.correct is False
