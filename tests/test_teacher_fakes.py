@@ -80,7 +80,7 @@ class MemoryRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
         self.queries.append(query)
-        if self.fail_word and self.fail_word in query:
+        if self.fail_word is not None and self.fail_word in query:
             raise RuntimeError("index offline")
         q = _toks(query)
         scored = sorted(((len(q & _toks(t + " " + x)), pid, t, x) for pid, t, x in CORPUS), key=lambda r: (-r[0], r[1]))

@@ -65,8 +65,11 @@ def parse_rewriter(text: str, max_queries: int = 5) -> RoleOutput:
     if not text or not text.strip():
         return RoleOutput("malformed", reason="empty")
     body = _tag(text, "queries")
-    if body is None:
-        body = re.sub(r"</?[a-z]+>", "\n", text)  # no block: read any query-like lines
+    if body is None:  # no block: accept a bulleted / numbered list, not free prose
+        lines = [ln for ln in re.sub(r"</?[a-z]+>", "\n", text).splitlines() if _BULLET.match(ln) and _BULLET.sub("", ln).strip()]
+        if not lines:
+            return RoleOutput("malformed", reason="no_queries_block")
+        body = "\n".join(lines)
     out: list[str] = []
     for line in body.splitlines():
         q = _BULLET.sub("", line).strip().strip('"\'').strip()

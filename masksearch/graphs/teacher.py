@@ -86,6 +86,7 @@ class TeacherContext:
     info_max_tokens: int = 512  # budget of the <information> block
     llm_judge: bool = False  # also ask the "judge" model for a verdict
     retries: int = 1  # retries of a malformed role reply
+    search_retries: int = 1  # retries of a failed search (then it becomes an observation)
     name: str = ""  # teacher name recorded in the provenance (default: "llm:<models>")
     model_options: dict[str, Any] = field(default_factory=dict)  # passed to make_chat_model
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -232,20 +233,17 @@ def fan_out(state: TeacherState) -> list[Send] | str:
     return [Send("search", {"query": q, "index": i}) for i, q in enumerate(state["queries"])]
 
 
-def _retrieve(retriever: Any, query: str, k: int) -> list[Any]:
-    try:
-        from masksearch.retrieval.tool import search_with_retry
-    except ImportError:  # pragma: no cover - retrieval layer not installed
-        search_with_retry = None
-    if search_with_retry is not None:
-        return list(search_with_retry(retriever, [query], k)[0])[:k]
-    return list(retriever.invoke(query))[:k]
+def _retrieve(retriever: Any, query: str, k: int, retries: int = 1) -> list[Any]:
+    """Top-``k`` documents for one query through the search tool (retried; raises SearchError)."""
+    from masksearch.retrieval.tool import search_with_retry
+
+    return list(search_with_retry(retriever, [query], k, retries=retries, backoff=0.2)[0])[:k]
 
 
 async def search(task: SearchTask, runtime: Runtime[TeacherContext]) -> dict[str, Any]:
     ctx = runtime.context
     try:
-        docs = await asyncio.to_thread(_retrieve, ctx.get_retriever(), task["query"], ctx.k)
+        docs = await asyncio.to_thread(_retrieve, ctx.get_retriever(), task["query"], ctx.k, ctx.search_retries)
         res = {"index": task["index"], "query": task["query"], "error": None,
                "documents": [vars(Document.from_langchain(d)) for d in docs]}
     except Exception as e:  # noqa: BLE001 - a failed search is an observation, not a crash
@@ -274,20 +272,13 @@ def merge_round_robin(lists: list[list[dict]], cap: int) -> list[dict]:
 
 
 def format_information(documents: list[dict], max_tokens: int = 512, error: str | None = None) -> str:
-    """The ``<information>`` block for merged documents, through the one document formatter."""
-    if not documents:
-        return information_block(f"Search failed: {error}" if error else "No results.")
-    from langchain_core.documents import Document as LCDocument
+    """The ``<information>`` block for merged documents, through the one document formatter
+    (:func:`masksearch.retrieval.tool.format_documents`)."""
+    from masksearch.retrieval.tool import format_documents
 
-    try:
-        from masksearch.retrieval.tool import format_documents
-    except ImportError:  # TEMP until the retrieval layer lands
-        def format_documents(docs, max_tokens=512):
-            return "\n".join(f"Doc {i} (Title: {d.metadata.get('title','')}) {d.page_content}" for i, d in enumerate(docs, 1))
-
-    lc = [LCDocument(page_content=d.get("text", ""), metadata={"id": d.get("id"), "title": d.get("title", ""),
-                                                              "score": d.get("score")}) for d in documents]
-    return information_block(format_documents(lc, max_tokens=max_tokens))
+    if not documents and error:
+        return information_block(f"Search failed: {error}")
+    return information_block(format_documents(documents, max_tokens=max_tokens))
 
 
 def merge(state: TeacherState, runtime: Runtime[TeacherContext]) -> dict[str, Any]:
