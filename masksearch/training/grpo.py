@@ -474,11 +474,12 @@ def run_grpo(
     model: Any = None,
     tokenizer: Any = None,
     callbacks: Sequence[Any] = (),
+    extra_rewards: Sequence[tuple[Callable[..., list[float]], float]] = (),
 ) -> dict[str, Any]:
     """Train with GRPO; returns a summary (output dir, log, plot, first/last mean reward, timings).
 
     ``retriever``/``examples``/``model``/``tokenizer`` override what ``script``/``model_args``
-    name (for notebooks and tests).
+    name (for notebooks and tests); ``extra_rewards`` adds ``(reward_func, weight)`` pairs.
     """
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
@@ -514,6 +515,8 @@ def run_grpo(
         training_args.shuffle_dataset = False  # the curriculum is the order
     dataset = build_dataset(examples, script, training_args)
     funcs, weights = build_reward_funcs(script.reward_config())
+    for f, w in extra_rewards:
+        funcs, weights = [*funcs, f], [*weights, float(w)]
     training_args.reward_weights = weights
 
     out_dir = Path(training_args.output_dir)
