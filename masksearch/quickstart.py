@@ -1,0 +1,311 @@
+"""The end-to-end quickstart: the whole MaskSearch method on the embedded defaults.
+
+Stages (each resumable; a finished stage is skipped on rerun, an interrupted one resumes from its
+own JSONL outputs):
+
+1. ``index``   – BM25 index of the corpus (the shared 31k-passage Wikipedia corpus by default);
+2. ``ramp``    – RAMP questions (``rules`` masking): a training set and a held-out set;
+3. ``teacher`` – the provenance teacher builds the training trajectories; the LLM teacher graph
+   (Planner/Rewriter/Observer/Judge on the embedded model) runs on a few examples too, so the
+   report shows both teachers and their acceptance rates;
+4. ``sft``     – TRL ``SFTTrainer`` on the accepted trajectories (a few steps);
+5. ``eval``    – the trained student vs the untrained student (Agent-PE) vs RAG-PE on small slices
+   of the six shared benchmarks and on the held-out RAMP set;
+6. ``report``  – ``REPORT.md`` with the table, the loss curve, the chart and sample trajectories.
+
+Everything is a function argument (and a ``masksearch quickstart`` flag).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from masksearch.errors import MaskSearchError
+
+STAGES = ("index", "ramp", "teacher", "sft", "eval", "report")
+DEFAULT_BENCHMARKS = ("hotpotqa", "fanoutqa", "musique", "2wiki", "bamboogle", "freshqa")
+
+
+@dataclass
+class QuickstartConfig:
+    out: str = "runs/quickstart"
+    corpus: str | None = None  # default: the shared corpus beside the checkout
+    model: str = "smollm2"
+    ramp_train: int = 96
+    ramp_heldout: int = 16
+    max_masks: int = 2
+    llm_teacher_examples: int = 4
+    sft_steps: int = 40
+    sft_batch_size: int = 4
+    learning_rate: float = 5e-5
+    eval_limit: int = 5
+    benchmarks: tuple[str, ...] = DEFAULT_BENCHMARKS
+    k: int = 3
+    max_turns: int = 3
+    concurrency: int = 16
+    seed: int = 0
+    stages: tuple[str, ...] = STAGES
+    force: tuple[str, ...] = field(default_factory=tuple)  # stages to redo
+
+
+def _log(msg: str) -> None:
+    print(f"[quickstart] {msg}", flush=True)
+
+
+class _Stages:
+    """``stages.json`` in the run folder: which stage finished, with what outputs and timings."""
+
+    def __init__(self, root: Path):
+        self.path = root / "stages.json"
+        self.state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def done(self, name: str) -> bool:
+        return name in self.state
+
+    def finish(self, name: str, info: dict[str, Any]) -> None:
+        self.state[name] = info
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, default=str))
+        os.replace(tmp, self.path)
+
+    def forget(self, name: str) -> None:
+        self.state.pop(name, None)
+
+
+def _resolve_corpus(corpus: str | None) -> str:
+    if corpus:
+        if not os.path.exists(corpus):
+            raise MaskSearchError(f"corpus not found: {corpus}")
+        return corpus
+    from masksearch.paths import shared_corpus
+
+    p = shared_corpus()
+    if p is None:
+        raise MaskSearchError(
+            "no corpus: the shared corpus (../shared/data/corpus/wiki_passages.jsonl beside the checkout) "
+            "is missing. Pass --corpus PATH with a JSONL of {id, title, text} passages (or any format "
+            "`masksearch index` reads), or set MASKSEARCH_SHARED_DATA to a folder holding corpus/ and bench/.")
+    return str(p)
+
+
+def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dict[str, Any]:
+    """Run (or resume) the quickstart; returns the stage record and writes ``REPORT.md``."""
+    cfg = cfg or QuickstartConfig()
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    root = Path(cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    stages = _Stages(root)
+    for name in cfg.force:
+        stages.forget(name)
+    corpus = _resolve_corpus(cfg.corpus)
+    paths = {
+        "index": root / "index" / "bm25",
+        "ramp_train": root / "ramp" / "train.jsonl",
+        "ramp_heldout": root / "ramp" / "heldout.jsonl",
+        "cot_provenance": root / "teacher" / "provenance",
+        "cot_llm": root / "teacher" / "llm",
+        "sft": root / "sft",
+        "eval": root / "eval",
+        "report": root / "report",
+    }
+    retriever_spec = f"bm25:{paths['index']}"
+    t_all = time.perf_counter()
+
+    def stage(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if name not in cfg.stages:
+            return
+        if stages.done(name):
+            _log(f"{name}: done already (skipped; --force {name} redoes it)")
+            return
+        _log(f"{name}: starting")
+        t0 = time.perf_counter()
+        info = fn() or {}
+        info["seconds"] = round(time.perf_counter() - t0, 1)
+        stages.finish(name, info)
+        _log(f"{name}: finished in {info['seconds']} s")
+
+    # 1. index ---------------------------------------------------------------------------
+    def do_index() -> dict[str, Any]:
+        from masksearch.retrieval import build_index
+
+        build_index(corpus, kind="bm25", out=str(paths["index"]))
+        return {"corpus": corpus, "index": str(paths["index"])}
+
+    # 2. RAMP ----------------------------------------------------------------------------
+    def do_ramp() -> dict[str, Any]:
+        from masksearch.data.ramp import generate_ramp
+
+        train = generate_ramp(corpus, paths["ramp_train"], n=cfg.ramp_train, strategy="rules",
+                              max_masks=cfg.max_masks, seed=cfg.seed)
+        held = generate_ramp(corpus, paths["ramp_heldout"], n=cfg.ramp_heldout, strategy="rules",
+                             max_masks=cfg.max_masks, seed=cfg.seed + 1000)
+        # a held-out example must not share a passage with the training set
+        _drop_overlap(paths["ramp_train"], paths["ramp_heldout"])
+        return {"train": _slim(train), "heldout": _slim(held)}
+
+    # 3. teachers ------------------------------------------------------------------------
+    def do_teacher() -> dict[str, Any]:
+        from masksearch.training.export import run_cot
+
+        prov = run_cot(paths["ramp_train"], paths["cot_provenance"], teacher="provenance",
+                       retriever=retriever_spec, concurrency=4, k=cfg.k)
+        llm = run_cot(paths["ramp_train"], paths["cot_llm"], teacher=cfg.model, retriever=retriever_spec,
+                      concurrency=max(1, cfg.llm_teacher_examples), limit=cfg.llm_teacher_examples,
+                      k=cfg.k, max_turns=cfg.max_turns)
+        return {"provenance": _slim(prov), "llm": _slim(llm)}
+
+    # 4. SFT -----------------------------------------------------------------------------
+    def do_sft() -> dict[str, Any]:
+        from masksearch.training.sft import parse_sft_args, run_sft
+
+        files = [str(paths["cot_provenance"] / "trajectories.jsonl")]
+        llm_file = paths["cot_llm"] / "trajectories.jsonl"
+        if llm_file.exists():
+            files.append(str(llm_file))
+        argv = ["--model", cfg.model, "--ramp_files", *files, "--output_dir", str(paths["sft"]),
+                "--max_steps", str(cfg.sft_steps), "--per_device_train_batch_size", str(cfg.sft_batch_size),
+                "--learning_rate", str(cfg.learning_rate), "--logging_steps", "2", "--save_strategy", "no",
+                "--report_to", "none", "--max_length", "1024", "--seed", str(cfg.seed),
+                "--lr_scheduler_type", "cosine", "--warmup_steps", "2"]
+        script_args, sft_config = parse_sft_args(argv)
+        rep = run_sft(script_args, sft_config)
+        return {k: v for k, v in rep.items() if k != "loss_history"}
+
+    # 5. eval ----------------------------------------------------------------------------
+    def do_eval() -> dict[str, Any]:
+        from masksearch.eval.runner import run_eval
+
+        ckpt = f"hf:{paths['sft']}"
+        runs = [
+            ("rag-pe", cfg.model, "RAG-PE (untrained)"),
+            ("agent", cfg.model, "Agent-PE (untrained student)"),
+            ("agent", ckpt, "MaskSearch student (SFT, quickstart)"),
+        ]
+        out: dict[str, Any] = {}
+        for i, (method, model, label) in enumerate(runs):
+            d = paths["eval"] / f"{i}-{method}-{'sft' if model == ckpt else 'base'}"
+            res = run_eval(method, model, retriever_spec, benchmarks=list(cfg.benchmarks),
+                           data=[str(paths["ramp_heldout"])], limit=cfg.eval_limit,
+                           concurrency=cfg.concurrency, out_dir=str(d), k=cfg.k,
+                           max_turns=cfg.max_turns, label=label)
+            out[label] = str(d)
+            _log(f"eval {label}: {json.dumps(_headline(res))}")
+        return {"runs": out}
+
+    # 6. report --------------------------------------------------------------------------
+    def do_report() -> dict[str, Any]:
+        return write_report(root, paths, stages.state, cfg)
+
+    stage("index", do_index)
+    stage("ramp", do_ramp)
+    stage("teacher", do_teacher)
+    stage("sft", do_sft)
+    stage("eval", do_eval)
+    stages.forget("report")  # always rewritten: cheap, and reflects the latest stages
+    stage("report", do_report)
+    _log(f"all stages done in {time.perf_counter() - t_all:.0f} s; report: {root / 'REPORT.md'}")
+    return stages.state
+
+
+def _slim(summary: Any) -> Any:
+    if not isinstance(summary, dict):
+        return summary
+    return {k: v for k, v in summary.items() if not isinstance(v, (list,)) or len(v) < 20}
+
+
+def _headline(res: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for b, v in (res.get("benchmarks") or {}).items():
+        m = v.get("metrics") or {}
+        if "token_recall" in m:
+            out[b] = round(m["token_recall"], 3)
+    return out
+
+
+def _drop_overlap(train: Path, heldout: Path) -> None:
+    from masksearch.utils.jsonl import iter_jsonl, write_jsonl
+
+    seen = {r.get("passage_id") for r in iter_jsonl(train)}
+    held = [r for r in iter_jsonl(heldout) if r.get("passage_id") not in seen]
+    write_jsonl(heldout, held)
+
+
+def _sample_trajectory_md(pred_file: Path, n: int = 1) -> str:
+    """Render the first ``n`` trajectories of a predictions file as Markdown."""
+    from masksearch.protocol import render_messages
+    from masksearch.trajectory import Trajectory
+    from masksearch.utils.jsonl import iter_jsonl
+
+    parts = []
+    for rec in iter_jsonl(pred_file):
+        traj = rec.get("trajectory") or rec
+        try:
+            t = Trajectory.from_dict(traj)
+        except TypeError:
+            continue
+        lines = [f"**Q:** {t.question[:400]}", f"**Gold:** {' | '.join(t.golden_answers)[:200]}", "", "```text"]
+        for m in render_messages(t, system_prompt=None)[1:]:
+            body = m["content"]
+            if len(body) > 600:
+                body = body[:600] + " …"
+            lines.append(f"[{m['role']}] {body}")
+        lines += ["```", f"status: {t.status}; answer: {t.answer!r}"]
+        parts.append("\n".join(lines))
+        if len(parts) >= n:
+            break
+    return "\n\n".join(parts)
+
+
+def write_report(root: Path, paths: dict[str, Path], state: dict[str, Any], cfg: QuickstartConfig) -> dict[str, Any]:
+    """``REPORT.md``: stage timings, teachers and acceptance, SFT loss, the results table, samples."""
+    from masksearch.eval.report import make_report
+
+    lines = ["# MaskSearch quickstart report", ""]
+    lines.append(f"Model `{cfg.model}`, retriever BM25 over `{state.get('index', {}).get('corpus', '?')}`.")
+    lines.append("")
+    lines.append("| stage | seconds |\n|---|---|")
+    for s in STAGES[:-1]:
+        if s in state:
+            lines.append(f"| {s} | {state[s].get('seconds', '')} |")
+    ramp = state.get("ramp", {})
+    if ramp:
+        lines += ["", "## RAMP data", "", "```json", json.dumps(ramp, indent=2, default=str)[:2000], "```"]
+    teach = state.get("teacher", {})
+    if teach:
+        lines += ["", "## Teachers", "", "| teacher | runs | accepted | acceptance rate |", "|---|---|---|---|"]
+        for name, s in teach.items():
+            if isinstance(s, dict):
+                lines.append(f"| {name} | {s.get('total', s.get('runs', ''))} | {s.get('accepted', '')} | "
+                             f"{s.get('acceptance_rate', '')} |")
+    sft = state.get("sft", {})
+    if sft:
+        lines += ["", "## SFT", "",
+                  f"{sft.get('steps')} steps on {sft.get('rows')} rows from teachers {sft.get('teachers')}; "
+                  f"loss {sft.get('loss_first')} -> {sft.get('loss_last')}."]
+        if sft.get("loss_plot"):
+            rel = os.path.relpath(sft["loss_plot"], root)
+            lines += ["", f"![SFT loss]({rel})"]
+    ev = state.get("eval", {})
+    result: dict[str, Any] = {}
+    if ev:
+        rep = make_report(list(ev["runs"].values()), out=paths["report"])
+        result["table"] = rep.get("markdown")
+        lines += ["", "## Results (token recall, the paper's metric)", "", rep["markdown"], ""]
+        chart = paths["report"] / "chart.png"
+        if chart.exists():
+            lines += [f"![results]({os.path.relpath(chart, root)})", ""]
+        lines += ["## Sample trajectories", ""]
+        for label, d in ev["runs"].items():
+            preds = sorted(Path(d).glob("**/predictions*.jsonl"))
+            if preds:
+                lines += [f"### {label}", "", _sample_trajectory_md(preds[0]), ""]
+    (root / "REPORT.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result["report"] = str(root / "REPORT.md")
+    return result
