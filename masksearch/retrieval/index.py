@@ -1,0 +1,109 @@
+"""``build_index``: corpus -> index folder, atomically (temp folder + rename, manifest last)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from masksearch.errors import MaskSearchError
+from masksearch.retrieval.base import MANIFEST
+from masksearch.retrieval.corpus import Passage, count_lines, iter_passages
+from masksearch.utils.jsonl import ReadStats, in_shard, parse_shard
+
+KINDS = ("bm25", "chroma")
+
+
+def _progress(it: Iterable[Passage], total: int | None, desc: str, enabled: bool) -> Iterator[Passage]:
+    if not enabled:
+        yield from it
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, unit="rec", file=sys.stderr, mininterval=0.5) as bar:
+        for p in it:
+            bar.update(1)
+            yield p
+
+
+def _dedupe(passages: Iterable[Passage], stats: ReadStats) -> Iterator[Passage]:
+    seen: set[str] = set()
+    for p in passages:
+        if p.id in seen:
+            stats.skipped["duplicate_id"] += 1
+            continue
+        seen.add(p.id)
+        yield p
+
+
+def build_index(corpus: Any, kind: str = "bm25", out: str | os.PathLike | None = None, *,
+                chunk_words: int = 100, shard: str | None = None, progress: bool = True,
+                fmt: str = "auto", overwrite: bool = True, **options: Any) -> dict[str, Any]:
+    """Index ``corpus`` (a path any :func:`read_corpus` format accepts, or an iterable of
+    ``Passage``/dicts) into the folder ``out`` and return its manifest (plus ``build_s`` and
+    ``read_stats``, the reader's summary line).
+
+    ``kind``: ``"bm25"`` (tantivy; options ``language``, ``stem``, ``stopwords``, ``heap_mb``,
+    ``threads``) or ``"chroma"`` (options ``batch_size``, ``model_path``, ``device``).
+    ``shard="i/n"`` indexes records i, i+n, i+2n... only.  The index is written into a temp folder
+    beside ``out`` and renamed into place when complete, so a killed build never leaves a folder
+    that loads; an existing index at ``out`` is replaced (``overwrite=False`` refuses).
+    """
+    if kind not in KINDS:
+        raise MaskSearchError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
+    if out is None:
+        raise MaskSearchError("build_index needs out=DIR, the index folder to write")
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise MaskSearchError(f"{out} exists and is a file; give a folder path for the index")
+        if any(out.iterdir()) and not (out / MANIFEST).exists():
+            raise MaskSearchError(f"{out} exists, is not empty and is not a masksearch index; "
+                                  f"refusing to replace it (choose another --out)")
+        if not overwrite and (out / MANIFEST).exists():
+            raise MaskSearchError(f"{out} already holds an index (pass overwrite=True to rebuild)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    stats = ReadStats()
+    shard_t = parse_shard(shard)
+    corpus_name = str(corpus) if isinstance(corpus, (str, os.PathLike)) else None
+    passages: Iterable[Passage] = iter_passages(corpus, chunk_words=chunk_words, stats=stats, fmt=fmt)
+    if shard_t != (0, 1):
+        passages = (p for i, p in enumerate(passages) if in_shard(i, shard_t))
+    passages = _dedupe(passages, stats)
+    total = count_lines(corpus_name) if corpus_name and shard_t == (0, 1) else None
+    passages = _progress(passages, total, f"index {kind}", progress)
+
+    extra = {"corpus": os.path.abspath(corpus_name) if corpus_name and os.path.exists(corpus_name)
+             else corpus_name, "chunk_words": chunk_words, "shard": shard, "built_at": time.time()}
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    t0 = time.perf_counter()
+    try:
+        if kind == "bm25":
+            from masksearch.retrieval.bm25 import build_bm25
+
+            manifest = build_bm25(passages, tmp, extra=extra, **options)
+        else:
+            from masksearch.retrieval.dense import build_chroma
+
+            manifest = build_chroma(passages, tmp, extra=extra, progress=progress, **options)
+        build_s = time.perf_counter() - t0
+        # swap into place: old index aside, new one in, old one removed
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest = dict(manifest)
+    manifest.update(path=str(out), build_s=build_s, read_stats=stats.summary(),
+                    skipped=dict(stats.skipped))
+    return manifest
