@@ -536,6 +536,7 @@ def parse_span_reply(reply: str) -> list[str]:
         raise SpanParseError("empty reply")
     texts = [m.group(1) for m in _FENCE_RE.finditer(reply)] + [reply]
     dec = json.JSONDecoder()
+    fallback: list[str] | None = None  # a list of numbers only ("[1]" in prose) is a last resort
     for t in texts:
         t = t.strip()
         for i, ch in enumerate(t):
@@ -546,8 +547,13 @@ def parse_span_reply(reply: str) -> list[str]:
             except json.JSONDecodeError:
                 continue
             spans = _items_to_spans(obj)
-            if spans is not None:
+            if spans is None:
+                continue
+            has_text = isinstance(obj, dict) or any(isinstance(x, (str, dict)) for x in obj) or not obj
+            if has_text:
                 return [s.strip() for s in spans if s.strip()]
+            if fallback is None:
+                fallback = [s.strip() for s in spans if s.strip()]
     # a list cut off by the token limit: keep the complete strings after the first '['
     i = reply.find("[")
     if i >= 0:
@@ -566,6 +572,8 @@ def parse_span_reply(reply: str) -> list[str]:
             pos = m.end()
         if strings and reply[pos:].strip()[:1] in ("", '"'):
             return [s.strip() for s in strings if s.strip()]
+    if fallback is not None:
+        return fallback
     raise SpanParseError("no JSON list of spans in the reply")
 
 
@@ -597,6 +605,17 @@ def locate_spans(span_texts: Iterable[str], text: str, drops: Counter | None = N
     return kept
 
 
+def _make_model(spec: str, **opts: Any) -> Any:
+    """A chat model from a spec through the model layer."""
+    try:
+        from masksearch.models import make_chat_model
+    except ImportError:  # older model layer: local specs only
+        from masksearch.models.local import LocalChatModel
+
+        return LocalChatModel.from_spec(spec, **opts)
+    return make_chat_model(spec, **opts)
+
+
 # ------------------------------------------------------------------------------ ppl scorer
 class PplScorer:
     """Scores spans by how hard they are for a causal LM to restore: the mean negative
@@ -611,9 +630,7 @@ class PplScorer:
     def __init__(self, model: Any = None, tokenizer: Any = None, batch_size: int = 16, max_tokens: int = 384):
         if tokenizer is None:
             if model is None or isinstance(model, str):
-                from masksearch.models import make_chat_model
-
-                model = make_chat_model(model or "smollm2")
+                model = _make_model(model or "smollm2")
             if isinstance(model, tuple):
                 model, tokenizer = model
             else:
@@ -709,9 +726,7 @@ class LlmExtractor(SpanExtractor):
                  max_new_tokens: int = 96):
         super().__init__(cfg, seed, drops)
         if model is None or isinstance(model, str):
-            from masksearch.models import make_chat_model
-
-            model = make_chat_model(model or "smollm2", temperature=0.0, max_new_tokens=max_new_tokens)
+            model = _make_model(model or "smollm2", temperature=0.0, max_new_tokens=max_new_tokens)
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.sem = asyncio.Semaphore(max(1, concurrency))
