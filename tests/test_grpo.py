@@ -222,3 +222,30 @@ def test_tiny_model_runs_grpo_steps_end_to_end(tiny_model_path, bm25_dir, tmp_pa
     after = AutoModelForCausalLM.from_pretrained(out_dir).state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "GRPO steps did not update the policy"
+
+
+def test_vllm_token_model_batches_concurrent_turns(tokenizer):
+    import asyncio
+
+    from masksearch.training.grpo import VLLMTokenModel
+
+    class FakeClient:
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, prompts, n, temperature, top_p, max_tokens, logprobs, generation_kwargs):
+            self.calls.append((len(prompts), temperature, max_tokens, generation_kwargs))
+            ids = tokenizer(SEARCH, add_special_tokens=False)["input_ids"]
+            return {"prompt_ids": prompts, "completion_ids": [ids] * len(prompts),
+                    "logprobs": [[[-0.25]] * len(ids)] * len(prompts)}
+
+    client = FakeClient()
+    tm = VLLMTokenModel(client, tokenizer)
+
+    async def go():
+        return await asyncio.gather(*(tm.agenerate_ids([1, 2, 3 + i], max_new_tokens=64, temperature=0.7,
+                                                       stop=["</search>"]) for i in range(5)))
+
+    gens = asyncio.run(go())
+    assert client.calls == [(5, 0.7, 64, {"stop": ["</search>"], "include_stop_str_in_output": True})]
+    assert all(g.text == SEARCH and g.logprobs == [-0.25] * len(g.token_ids) for g in gens)

@@ -315,6 +315,75 @@ class StudentRollout:
             m[f"rollout/{st}"].append(sum(s == st for s in out["status"]) / n)
 
 
+class VLLMTokenModel:
+    """A token model (``agenerate_ids`` + ``tokenizer``) over TRL's ``VLLMClient`` (vLLM server mode).
+
+    Concurrent ``agenerate_ids`` awaits (the turns of all rollouts in flight) are collected for
+    ``batch_wait_ms`` and sent as one ``generate`` request with token-id prompts; stop strings are
+    kept in the output (``include_stop_str_in_output``) and the sampled token's log-prob is
+    returned.  TRL syncs the policy weights to the server before each ``rollout_func`` call.
+    """
+
+    def __init__(self, client: Any, tokenizer: Any, batch_wait_ms: float = 20.0) -> None:
+        self.client = client
+        self.tokenizer = tokenizer
+        self.batch_wait_ms = batch_wait_ms
+        self._pending: list[tuple[tuple, list[int], Any]] = []
+        self._flusher: Any = None
+        self.requests = 0  # generate requests sent (for tests and logs)
+
+    async def agenerate_ids(self, prompt_ids: list[int], *, max_new_tokens: int | None = 256,
+                            temperature: float | None = 1.0, top_p: float | None = 1.0,
+                            stop: Sequence[str] | None = None, **_: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        key = (int(max_new_tokens or 256), float(1.0 if temperature is None else temperature),
+               float(1.0 if top_p is None else top_p), tuple(stop or ()))
+        self._pending.append((key, list(prompt_ids), fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.batch_wait_ms / 1000.0)
+        pending, self._pending = self._pending, []
+        groups: dict[tuple, list[tuple[list[int], Any]]] = {}
+        for key, ids, fut in pending:
+            groups.setdefault(key, []).append((ids, fut))
+        for (mnt, temp, top_p, stop), items in groups.items():
+            kwargs = {"stop": list(stop), "include_stop_str_in_output": True} if stop else None
+            try:
+                self.requests += 1
+                res = await asyncio.to_thread(
+                    self.client.generate, prompts=[ids for ids, _ in items], n=1, temperature=temp, top_p=top_p,
+                    max_tokens=mnt, logprobs=0, generation_kwargs=kwargs)
+            except Exception as e:  # noqa: BLE001 - delivered to every waiting rollout
+                for _, f in items:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            from types import SimpleNamespace
+
+            for k, (_, f) in enumerate(items):
+                ids = list(res["completion_ids"][k])
+                lps = [float(x[0]) if isinstance(x, (list, tuple)) else float(x) for x in res["logprobs"][k]]
+                f.set_result(SimpleNamespace(
+                    token_ids=ids, logprobs=lps, text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    finish_reason="length" if len(ids) >= mnt else "stop"))
+        if self._pending:  # arrived while we were generating
+            await self._flush()
+
+
+def vllm_token_model_factory(trainer: Any) -> VLLMTokenModel:
+    """``chat_model_factory`` for ``--rollout_backend vllm`` (TRL ``use_vllm`` + ``vllm_mode: server``)."""
+    gen = getattr(trainer, "vllm_generation", None)
+    client = getattr(gen, "vllm_client", None)
+    if client is None:
+        raise MaskSearchError("rollout_backend 'vllm' needs TRL's vLLM server mode: pass --use_vllm true "
+                              "--vllm_mode server and start `trl vllm-serve --model MODEL` (see docs/gpu.md)")
+    return VLLMTokenModel(client, trainer.processing_class)
+
+
 def make_rollout_func(
     retriever: Any = None,
     settings: RolloutSettings | None = None,
@@ -419,6 +488,8 @@ class GRPOScriptArguments:
     length_hard: int = 512
     judge_model: str | None = field(default=None, metadata={"help": "Chat model spec for the judge reward."})
     save_rollouts: bool = field(default=True, metadata={"help": "Write every rollout to OUTPUT_DIR/rollouts.jsonl."})
+    rollout_backend: str = field(default="policy", metadata={
+        "help": "policy: the trainer's model through the batching LocalChatModel; vllm: TRL's vLLM server."})
 
     def reward_config(self) -> RewardConfig:
         return RewardConfig(
@@ -511,6 +582,8 @@ def run_grpo(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
+    if script.rollout_backend not in ("policy", "vllm"):
+        raise MaskSearchError(f"unknown rollout_backend {script.rollout_backend!r}: use policy or vllm")
     if script.curriculum != "none":
         training_args.shuffle_dataset = False  # the curriculum is the order
     dataset = build_dataset(examples, script, training_args)
@@ -537,6 +610,7 @@ def run_grpo(
                         info_max_tokens=script.info_max_tokens),
         examples=examples,
         on_rollouts=save if script.save_rollouts else None,
+        chat_model_factory=vllm_token_model_factory if script.rollout_backend == "vllm" else None,
     )
     curves = _curves_callback(str(out_dir))
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
