@@ -1,1 +1,70 @@
-"""masksearch.models"""
+"""Chat models by spec: the embedded SmolLM2, any local HF causal LM, OpenAI-compatible endpoints.
+
+``make_chat_model(spec="smollm2", **options) -> BaseChatModel``:
+
+- ``"smollm2"``: the embedded SmolLM2-135M-Instruct (materialised once into the cache);
+- ``"hf:<hub id or local path>"``: any causal LM through transformers;
+- ``"openai:<model>"`` (``OPENAI_API_KEY``), ``"dashscope:<model>"`` (``DASHSCOPE_API_KEY``),
+  ``"vllm:<model>@<base_url>"`` (no key): OpenAI-compatible endpoints; ``base_url=`` overrides;
+- a ``BaseChatModel`` object: returned as is.
+
+Local models are :class:`LocalChatModel` (batched, token ids and log-probs); heavy imports
+(torch, transformers, openai) happen only when a model of that kind is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from masksearch.errors import UnknownSpecError
+
+__all__ = ["make_chat_model", "LocalChatModel", "Generation", "materialize_embedded", "VALID_SPECS"]
+
+VALID_SPECS = (
+    "'smollm2' (embedded SmolLM2-135M-Instruct), 'hf:<hub id or local path>', 'openai:<model>', "
+    "'dashscope:<model>', 'vllm:<model>@<base_url>', or a LangChain BaseChatModel object"
+)
+
+
+def make_chat_model(spec: Any = "smollm2", **options: Any):
+    """Return a LangChain chat model for ``spec`` (see the module docstring for the forms)."""
+    from langchain_core.language_models.chat_models import BaseChatModel
+
+    if isinstance(spec, BaseChatModel):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise UnknownSpecError(f"unknown model spec {spec!r}; valid forms: {VALID_SPECS}")
+    s = spec.strip()
+    prefix, _, rest = s.partition(":")
+    if s in ("smollm2", "embedded") or (prefix == "hf" and rest.strip()):
+        from masksearch.models.local import LocalChatModel
+
+        return LocalChatModel.from_spec(s, **options)
+    if prefix in ("openai", "dashscope") and rest.strip():
+        from masksearch.models.remote import make_openai_compatible
+
+        return make_openai_compatible(prefix, rest.strip(), **options)
+    if prefix == "vllm" and rest.strip():
+        from masksearch.models.remote import make_openai_compatible
+
+        model, at, url = rest.rpartition("@")
+        if not at or not model.strip() or not url.strip():
+            if options.get("base_url") and not at:
+                return make_openai_compatible("vllm", rest.strip(), **options)
+            raise UnknownSpecError(f"bad vllm spec {spec!r}: use 'vllm:<model>@<base_url>', e.g. "
+                                   f"'vllm:Qwen/Qwen2.5-7B-Instruct@http://localhost:8000/v1'")
+        options.setdefault("base_url", url.strip())
+        return make_openai_compatible("vllm", model.strip(), **options)
+    raise UnknownSpecError(f"unknown model spec {spec!r}; valid forms: {VALID_SPECS}")
+
+
+def __getattr__(name: str):  # lazy: importing masksearch.models must not import torch
+    if name in ("LocalChatModel", "Generation"):
+        from masksearch.models import local
+
+        return getattr(local, name)
+    if name == "materialize_embedded":
+        from masksearch.models.embedded import materialize_embedded
+
+        return materialize_embedded
+    raise AttributeError(name)
