@@ -206,7 +206,8 @@ async def search_node(state: StudentState, runtime: Runtime[StudentContext]) -> 
         results = await asyncio.to_thread(search_with_retry, ctx.retriever, queries, ctx.k)
         lc_docs = [d for per_query in results for d in per_query]
         documents = [Document.from_langchain(d) for d in lc_docs]
-        info = information_block(format_documents(lc_docs, max_tokens=ctx.info_max_tokens))
+        tok = getattr(ctx.model, "tokenizer", None) if is_token_model(ctx.model) else None
+        info = information_block(format_documents(lc_docs, max_tokens=ctx.info_max_tokens, tokenizer=tok))
     except SearchError as e:
         error = str(e)
         info = information_block(f"Search failed: {error}")

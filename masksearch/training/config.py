@@ -1,0 +1,65 @@
+"""Our own training arguments.  TRL's ``SFTConfig`` is used as is next to them (TRL's ``TrlParser``
+pattern), so every TRL/transformers option works from YAML or flags without being re-declared here.
+
+``masksearch train sft --config configs/sft.yaml --max_steps 50 --use_lora true`` reads
+:class:`SFTScriptArguments` + ``trl.SFTConfig`` from the YAML, flags override.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SFTScriptArguments:
+    """What to train on and how (besides TRL's ``SFTConfig``)."""
+
+    model: str = field(default="smollm2", metadata={
+        "help": "Student model spec: 'smollm2' (the embedded SmolLM2-135M-Instruct), 'hf:PATH_OR_ID', or a path."})
+    ramp_files: list[str] = field(default_factory=list, metadata={
+        "help": "RAMP trajectory files: a teacher's trajectories.jsonl or sft.jsonl (from `masksearch cot`)."})
+    qa_files: list[str] = field(default_factory=list, metadata={
+        "help": "Downstream-QA trajectory files (e.g. HotpotQA teacher runs), mixed with the RAMP rows."})
+    qa_ratio: float | None = field(default=None, metadata={
+        "help": "QA rows per RAMP row (e.g. 0.5); None uses every QA row."})
+    accept: str = field(default="em", metadata={
+        "help": "Accept filter for trajectory files whose runs carry no accepted flag (see training.export.AcceptFilter)."})
+    curriculum: str = field(default="mask_count", metadata={
+        "help": "'mask_count': easy to hard by number of masks (sequential sampler); 'none': shuffled."})
+    max_rows: int | None = field(default=None, metadata={"help": "Use at most this many rows (after mixing)."})
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    merge_lora: bool = field(default=True, metadata={
+        "help": "Merge LoRA weights into the saved checkpoint so `hf:PATH` loads it as a plain model."})
+    plot: bool = field(default=True, metadata={"help": "Write loss.png next to the checkpoint."})
+
+
+@dataclass
+class DistillArguments:
+    """Self-evolving distillation (``masksearch distill``); the SFT recipe of each round comes from
+    the same YAML (``SFTScriptArguments`` + ``SFTConfig``)."""
+
+    rounds: int = field(default=1, metadata={"help": "Rounds after round 0 (teacher data -> train)."})
+    workdir: str = field(default="runs/distill", metadata={"help": "Where rounds, data and reports go (resumable)."})
+    teacher: str = field(default="provenance", metadata={
+        "help": "Round-0 teacher: 'provenance' (no LLM), a model spec, or 'ROLE=SPEC,...' (teacher graph)."})
+    retriever: str = field(default="", metadata={"help": "Retriever spec, e.g. bm25:DIR (required)."})
+    corpus: str = field(default="", metadata={
+        "help": "Corpus for RAMP generation when ramp_file is not given (default: the shared corpus)."})
+    ramp_file: str = field(default="", metadata={
+        "help": "An existing RAMP JSONL to draw questions from; else RAMP is generated from the corpus."})
+    ramp_total: int = field(default=400, metadata={"help": "RAMP questions to generate when no ramp_file."})
+    teacher_questions: int = field(default=200, metadata={"help": "Questions the round-0 teacher solves."})
+    student_questions: int = field(default=100, metadata={"help": "New questions the student solves per round."})
+    heldout_questions: int = field(default=50, metadata={"help": "Held-out RAMP questions for answer recall."})
+    student_accept: str = field(default="em", metadata={
+        "help": "Judge filter for student runs (AcceptFilter spec); runs must also be grounded."})
+    k: int = 3
+    max_turns: int = 4
+    max_new_tokens: int = 128
+    info_max_tokens: int = 400
+    concurrency: int = 8
+    seed: int = 0
