@@ -35,6 +35,8 @@ class SFTScriptArguments:
     merge_lora: bool = field(default=True, metadata={
         "help": "Merge LoRA weights into the saved checkpoint so `hf:PATH` loads it as a plain model."})
     plot: bool = field(default=True, metadata={"help": "Write loss.png next to the checkpoint."})
+    max_train_seconds: float | None = field(default=None, metadata={
+        "help": "Stop training after this many seconds (a time budget next to max_steps)."})
 
 
 @dataclass
@@ -62,4 +64,4 @@ class DistillArguments:
     max_new_tokens: int = 128
     info_max_tokens: int = 400
     concurrency: int = 8
-    seed: int = 0
+    split_seed: int = field(default=0, metadata={"help": "Seed of the RAMP generation and the splits."})

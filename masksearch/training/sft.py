@@ -214,6 +214,23 @@ def mean_loss(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], max_le
 
 
 # ----------------------------------------------------------------------------- training
+def TimeBudgetCallback(seconds: float):
+    """A ``TrainerCallback`` that stops training (and logs) once ``seconds`` have passed."""
+    from transformers import TrainerCallback
+
+    class _TimeBudget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if time.perf_counter() - self.t0 >= seconds:
+                control.should_training_stop = True
+                control.should_log = True
+            return control
+
+    return _TimeBudget()
+
+
 def _loss_history(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(int(h["step"]), float(h["loss"])) for h in log_history if "loss" in h and "step" in h]
 
@@ -253,8 +270,9 @@ def run_sft(script_args: SFTScriptArguments, sft_config: Any, rows: list[dict[st
         peft_config = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha,
                                  lora_dropout=script_args.lora_dropout, target_modules=targets,
                                  task_type="CAUSAL_LM")
+    callbacks = [TimeBudgetCallback(script_args.max_train_seconds)] if script_args.max_train_seconds else None
     trainer = SFTTrainer(model=model, args=sft_config, train_dataset=dataset, processing_class=tok,
-                         peft_config=peft_config)
+                         peft_config=peft_config, callbacks=callbacks)
     result = trainer.train()
     out = Path(sft_config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
