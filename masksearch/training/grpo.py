@@ -201,7 +201,7 @@ class StudentRollout:
         args = getattr(trainer, "args", None)
         temperature = s.temperature if s.temperature is not None else getattr(args, "temperature", 1.0)
         top_p = s.top_p if s.top_p is not None else getattr(args, "top_p", 1.0)
-        max_completion = s.max_completion_tokens or getattr(args, "max_completion_length", None)
+        max_completion = self.max_completion(trainer)
         kw: dict[str, Any] = dict(
             model=chat_model, retriever=self.retriever, k=s.k, max_turns=s.max_turns,
             max_new_tokens=s.max_new_tokens, temperature=temperature, top_p=top_p,
@@ -212,7 +212,10 @@ class StudentRollout:
         return StudentContext(**kw)
 
     def max_completion(self, trainer: Any) -> int | None:
-        return self.settings.max_completion_tokens or getattr(getattr(trainer, "args", None), "max_completion_length", None)
+        """The token budget of a completion: the smaller of ours and TRL's ``max_completion_length``."""
+        limits = [x for x in (self.settings.max_completion_tokens,
+                              getattr(getattr(trainer, "args", None), "max_completion_length", None)) if x]
+        return min(limits) if limits else None
 
     # ------------------------------------------------------------------ the call
     def run_trajectories(self, prompts: Sequence[Any], trainer: Any) -> list[Any]:
@@ -310,6 +313,9 @@ class StudentRollout:
             return
         n = len(out["status"])
         m["rollout/num_searches"].append(sum(out["num_searches"]) / n)
+        mcs = [mc for mc in out["mask_count"] if isinstance(mc, int)]
+        if mcs:  # where the curriculum is
+            m["rollout/mask_count"].append(sum(mcs) / len(mcs))
         m["rollout/env_tokens"].append(sum(len(c) - k for c, k in zip(out["completion_ids"], out["num_model_tokens"])) / n)
         for st in ("answered", "turn_cap", "length", "malformed", "error"):
             m[f"rollout/{st}"].append(sum(s == st for s in out["status"]) / n)
