@@ -52,7 +52,7 @@ def make_chat_model(spec: Any = "smollm2", **options: Any):
             if options.get("base_url") and not at:
                 return make_openai_compatible("vllm", rest.strip(), **options)
             raise UnknownSpecError(f"bad vllm spec {spec!r}: use 'vllm:<model>@<base_url>', e.g. "
-                                   f"'vllm:Qwen/Qwen2.5-7B-Instruct@http://localhost:8000/v1'")
+                                   f"'vllm:Qwen/Qwen2.5-7B-Instruct@http://localhost:8000/v1'; valid forms: {VALID_SPECS}")
         options.setdefault("base_url", url.strip())
         return make_openai_compatible("vllm", model.strip(), **options)
     raise UnknownSpecError(f"unknown model spec {spec!r}; valid forms: {VALID_SPECS}")
