@@ -365,3 +365,13 @@ def test_conftest_signature_still_works(tmp_path, small_corpus):
     out = tmp_path / "index"
     build_index(str(small_corpus), kind="bm25", out=str(out))
     assert (out / "manifest.json").exists() and os.path.isdir(out / "tantivy")
+
+
+def test_killed_build_leftovers_are_cleaned(small_corpus, tmp_path):
+    stale = tmp_path / ".idx.tmp-999999999"  # a build killed by SIGKILL: no process, temp folder left
+    (stale / "tantivy").mkdir(parents=True)
+    out = tmp_path / "idx"
+    with pytest.raises(IndexCorruptError):
+        make_retriever(f"bm25:{stale}")  # never loads
+    build_index(str(small_corpus), kind="bm25", out=str(out), progress=False)
+    assert not stale.exists() and make_retriever(f"bm25:{out}").invoke("everest")

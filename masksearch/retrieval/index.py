@@ -39,6 +39,26 @@ def _dedupe(passages: Iterable[Passage], stats: ReadStats) -> Iterator[Passage]:
         yield p
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Remove temp folders of builds into ``out`` that were killed (their process is gone)."""
+    if not out.parent.exists():
+        return
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def build_index(corpus: Any, kind: str = "bm25", out: str | os.PathLike | None = None, *,
                 chunk_words: int = 100, shard: str | None = None, progress: bool = True,
                 fmt: str = "auto", overwrite: bool = True, **options: Any) -> dict[str, Any]:
@@ -79,6 +99,7 @@ def build_index(corpus: Any, kind: str = "bm25", out: str | os.PathLike | None =
 
     extra = {"corpus": os.path.abspath(corpus_name) if corpus_name and os.path.exists(corpus_name)
              else corpus_name, "chunk_words": chunk_words, "shard": shard, "built_at": time.time()}
+    _remove_stale_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
