@@ -249,3 +249,25 @@ def test_vllm_token_model_batches_concurrent_turns(tokenizer):
     gens = asyncio.run(go())
     assert client.calls == [(5, 0.7, 64, {"stop": ["</search>"], "include_stop_str_in_output": True})]
     assert all(g.text == SEARCH and g.logprobs == [-0.25] * len(g.token_ids) for g in gens)
+
+
+@pytest.mark.slow
+def test_cli_train_grpo(tiny_model_path, bm25_dir, tmp_path, capsys):
+    from masksearch.cli import main
+
+    train = tmp_path / "ramp.jsonl"
+    train.write_text("".join(json.dumps({"id": e.id, "question": e.question, "answers": e.golden_answers,
+                                         "mask_count": 1}) + "\n" for e in EXAMPLES))
+    out_dir = tmp_path / "cli"
+    rc = main(["train", "grpo", "--config", "configs/grpo.yaml", "--model_name_or_path", str(tiny_model_path),
+               "--train_file", str(train), "--retriever", f"bm25:{bm25_dir}", "--output_dir", str(out_dir),
+               "--max_steps", "1", "--per_device_train_batch_size", "2", "--num_generations", "2",
+               "--max_completion_length", "48", "--max_new_tokens", "12", "--max_turns", "1"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 1 and summary["rollouts"] == 2 and summary["loss_type"] == "dapo"
+    assert (out_dir / "model.safetensors").exists() and (out_dir / "grpo_log.jsonl").exists()
+    # a user error is one line, not a traceback
+    assert main(["train", "grpo", "--config", "configs/grpo.yaml", "--train_file", str(tmp_path / "nope.jsonl"),
+                 "--output_dir", str(out_dir)]) == 2
+    assert "train_file" in capsys.readouterr().err
