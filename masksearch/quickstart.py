@@ -158,7 +158,7 @@ def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dic
                        retriever=retriever_spec, concurrency=4, k=cfg.k)
         llm = run_cot(paths["ramp_train"], paths["cot_llm"], teacher=cfg.model, retriever=retriever_spec,
                       concurrency=max(1, cfg.llm_teacher_examples), limit=cfg.llm_teacher_examples,
-                      k=cfg.k, max_turns=cfg.max_turns)
+                      k=cfg.k, max_turns=cfg.max_turns, model_options={"max_new_tokens": 128})
         return {"provenance": _slim(prov), "llm": _slim(llm)}
 
     # 4. SFT -----------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def write_report(root: Path, paths: dict[str, Path], state: dict[str, Any], cfg:
         lines += ["", "## Teachers", "", "| teacher | runs | accepted | acceptance rate |", "|---|---|---|---|"]
         for name, s in teach.items():
             if isinstance(s, dict):
-                lines.append(f"| {name} | {s.get('total', s.get('runs', ''))} | {s.get('accepted', '')} | "
+                lines.append(f"| {name} | {s.get('trajectories', '')} | {s.get('accepted', '')} | "
                              f"{s.get('acceptance_rate', '')} |")
     sft = state.get("sft", {})
     if sft:
