@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                               args=SimpleNamespace(max_completion_length=args.max_completion_length,
                                                    temperature=1.0, top_p=1.0))
     rollout = make_rollout_func(retriever, settings, examples=examples)
-    rollout(prompts[: 2 * args.generations], trainer)  # warm-up (thread start, first-call overheads)
+    print(f"warm-up: {args.generations} rollouts", flush=True)
+    rollout(prompts[: args.generations], trainer)  # warm-up (thread start, first-call overheads)
     rollout.history.clear()
+    print(f"timed: {len(prompts)} rollouts", flush=True)
 
     t0 = time.perf_counter()
     out = rollout(prompts, trainer)
