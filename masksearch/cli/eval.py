@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=3, help="documents per search")
     p.add_argument("--max-turns", type=int, default=4, help="agent/teacher: search turns at most")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per model call")
+    p.add_argument("--info-max-tokens", type=int, default=None, help="token budget of the retrieved documents shown per search")
     p.add_argument("--judge", default=None, help="also grade with an LLM judge: a model spec")
     p.add_argument("--label", default=None, help="the row name in reports (default: 'METHOD (MODEL)')")
     p.add_argument("--no-resume", action="store_true", help="start over instead of skipping finished questions")
@@ -60,6 +61,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     extra = {}
     if args.max_new_tokens:
         extra["max_new_tokens"] = args.max_new_tokens
+    if args.info_max_tokens:
+        extra["info_max_tokens"] = args.info_max_tokens
     res = run_eval(args.method, model=args.model, retriever=args.retriever, benchmarks=benches, data=args.data,
                    limit=args.limit, concurrency=args.concurrency, out_dir=args.out, k=args.k,
                    max_turns=args.max_turns, judge=args.judge, label=args.label, resume=not args.no_resume,
