@@ -869,7 +869,8 @@ def generate_ramp(corpus: Any, out: str | os.PathLike, n: int, strategy: str = "
     t0 = time.perf_counter()
     filtered: Counter = Counter()
     stats = ReadStats()
-    cands = select_passages(corpus, int(math.ceil(target * oversample)) + 64, seed=seed,
+    pool = int(math.ceil(target * oversample)) + (64 if strategy == "rules" else 0)
+    cands = select_passages(corpus, pool, seed=seed,
                             shard=(i_shard, n_shards), flt=passage_filter, filtered=filtered, stats=stats)
     t_select = time.perf_counter() - t0
 
