@@ -52,3 +52,13 @@ def test_errors_are_clear(tmp_path):
     a = _run(tmp_path, "rag", "RAG-PE", [0.4] * 6)
     with pytest.raises(ReportError, match="available: em, token_recall"):
         make_report([a], out=tmp_path / "rep", metric="judge")
+
+
+def test_partial_run_without_results_json_is_summarised_from_predictions(tmp_path):
+    run = tmp_path / "killed-run"
+    (run / "hotpotqa").mkdir(parents=True)
+    recs = [{"id": "a", "status": "answered", "metrics": {"token_recall": 1.0, "em": 1.0}},
+            {"id": "b", "status": "answered", "metrics": {"token_recall": 0.5, "em": 0.0}}]
+    (run / "hotpotqa" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rep = make_report([run], out=tmp_path / "rep", chart=False)
+    assert rep["markdown"].splitlines()[2] == "| killed-run | 75.0 | – | – | – | – | – | 75.0* |"

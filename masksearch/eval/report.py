@@ -28,14 +28,23 @@ class ReportError(MaskSearchError, ValueError):
 
 
 def load_results(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``results.json``; for a run still in progress (or killed) without one, the means
+    are computed from its ``<benchmark>/predictions.jsonl`` files (marked ``partial``)."""
     p = Path(run_dir)
-    p = p / "results.json" if p.is_dir() else p
-    if not p.exists():
+    f = p / "results.json" if p.is_dir() else p
+    if f.exists():
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{f}: not valid JSON ({e})") from e
+    preds = sorted(p.glob("*/predictions.jsonl")) if p.is_dir() else []
+    if not preds:
         raise ReportError(f"{run_dir}: no results.json; run `masksearch eval ... --out {run_dir}` first")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{p}: not valid JSON ({e})") from e
+    from masksearch.eval.runner import summarize_predictions
+
+    benches = {q.parent.name: summarize_predictions(q) for q in preds}
+    return {"label": p.name, "method": p.name, "partial": True,
+            "benchmarks": {b: v for b, v in benches.items() if v["n"]}}
 
 
 def results_table(results: Sequence[dict[str, Any]], metric: str = HEADLINE_METRIC,
