@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--n-llm", type=int, default=16, help="examples asked of the llm strategy (per concurrency)")
     ap.add_argument("--n-ppl", type=int, default=16)
     ap.add_argument("--skip-models", action="store_true", help="rules + solvability only")
+    ap.add_argument("--index", default=None, help="an existing BM25 index folder of the corpus (else built)")
     ap.add_argument("--out", default=None, help="folder for the generated files (default: a temp dir)")
     args = ap.parse_args()
 
@@ -40,16 +41,17 @@ def main() -> None:
     corpus = args.corpus or str(shared_corpus())
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-ramp-"))
     out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"corpus": corpus, "cpus": os.cpu_count()}
+    res: dict = {"corpus": corpus, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
 
     s = generate_ramp(corpus, out / "rules.jsonl", args.n_rules, "rules", progress=False, resume=False)
     res["rules_pps"] = s["pps"]
+    res["rules_cpu_pps"] = s["cpu_pps"]  # per CPU second: the figure for a quiet core
     res["rules_end_to_end_pps"] = s["end_to_end_pps"]
     res["rules_select_s"] = s["select_s"]
     res["rules_mask_counts"] = s["mask_counts"]
     res["rules_skipped"] = s["skipped"]
     print(f"rules: {s['processed']} passages in {s['gen_s']} s = {s['pps']}/s "
-          f"(with the corpus scan {s['end_to_end_pps']}/s); kept {s['kept']}", flush=True)
+          f"({s['cpu_pps']} per CPU second; with the corpus scan {s['end_to_end_pps']}/s); kept {s['kept']}", flush=True)
 
     files = {"rules": out / "rules.jsonl"}
     if not args.skip_models:
@@ -61,6 +63,7 @@ def main() -> None:
             s = generate_ramp(corpus, out / f"llm_c{c}.jsonl", n, "llm", model=chat, concurrency=c,
                               progress=False, resume=False)
             res[f"llm_pps_c{c}"] = s["pps"]
+            res[f"llm_cpu_pps_c{c}"] = s["cpu_pps"]
             res[f"llm_c{c}_detail"] = {k: s[k] for k in ("kept", "processed", "gen_s", "skipped", "mask_counts")}
             print(f"llm c={c}: {s['processed']} passages in {s['gen_s']} s = {s['pps']}/s; kept {s['kept']}; "
                   f"skipped {s['skipped']}", flush=True)
@@ -68,24 +71,30 @@ def main() -> None:
         s = generate_ramp(corpus, out / "ppl.jsonl", args.n_ppl, "ppl", model=chat, concurrency=8,
                           progress=False, resume=False)
         res["ppl_pps"] = s["pps"]
+        res["ppl_cpu_pps"] = s["cpu_pps"]
         res["ppl_detail"] = {k: s[k] for k in ("kept", "processed", "gen_s", "mask_counts")}
         print(f"ppl: {s['processed']} passages in {s['gen_s']} s = {s['pps']}/s", flush=True)
         files["ppl"] = out / "ppl.jsonl"
 
     from masksearch.retrieval import build_index
 
-    idx = out / "bm25"
-    t = time.perf_counter()
-    build_index(corpus, kind="bm25", out=str(idx))
-    res["bm25_build_s"] = round(time.perf_counter() - t, 2)
+    idx = Path(args.index) if args.index else out / "bm25"
+    if not args.index:
+        t = time.perf_counter()
+        build_index(corpus, kind="bm25", out=str(idx))
+        res["bm25_build_s"] = round(time.perf_counter() - t, 2)
     solv = {}
     for name, path in files.items():
         rep = solvability_report(path, f"bm25:{idx}", k=5)
         solv[name] = {"overall": rep["rate"], "n": rep["n"],
                       **{str(m): v["rate"] for m, v in rep["by_mask_count"].items()}}
+        short = solvability_report(path, f"bm25:{idx}", k=5, query_words=16, limit=1000)
+        solv[name + "_first16words"] = {"overall": short["rate"], "n": short["n"],
+                                        **{str(m): v["rate"] for m, v in short["by_mask_count"].items()}}
         print(f"solvable top-5 {name}: {rep['rate']} of {rep['n']}; by mask count "
               f"{ {m: v['rate'] for m, v in rep['by_mask_count'].items()} }", flush=True)
     res["solvable_top5"] = solv
+    res["load_avg_end"] = os.getloadavg()[0]
     print(json.dumps(res))
 
 

@@ -1050,12 +1050,13 @@ def _same_passage(doc_id: str, passage_id: str) -> bool:
 
 
 def solvability_report(ramp: Any, retriever: Any, k: int = 5, limit: int | None = None,
-                       batch_size: int = 256) -> dict[str, Any]:
+                       batch_size: int = 256, query_words: int | None = None) -> dict[str, Any]:
     """Is the source passage in the top-``k`` of a search for the masked passage?
 
     ``ramp``: a RAMP path, records or Dataset; ``retriever``: a spec (``"bm25:DIR"``) or any
     retriever (``search_many`` used when present).  The query is the masked passage with the
-    ``[mask]`` tokens removed.  Returns ``{n, solvable, rate, by_mask_count: {k: {n, solvable, rate}}}``.
+    ``[mask]`` tokens removed (only its first ``query_words`` words when given: a stricter test,
+    since the whole masked passage nearly always finds itself).  Returns ``{n, solvable, rate, by_mask_count: {k: {n, solvable, rate}}}``.
     """
     if isinstance(retriever, str):
         from masksearch.retrieval import make_retriever
@@ -1065,7 +1066,7 @@ def solvability_report(ramp: Any, retriever: Any, k: int = 5, limit: int | None 
     per: dict[int, list[int]] = {}
     for b in range(0, len(rows), batch_size):
         chunk = rows[b:b + batch_size]
-        queries = [" ".join(str(r.get("masked_passage") or r["question"]).replace(MASK_TOKEN, " ").split())
+        queries = [" ".join(str(r.get("masked_passage") or r["question"]).replace(MASK_TOKEN, " ").split()[:query_words])
                    for r in chunk]
         results = _search_many(retriever, queries, k)
         for r, docs in zip(chunk, results):
