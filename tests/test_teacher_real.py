@@ -18,7 +18,7 @@ def ramp_examples(tmp_path_factory, corpus_path):
     from masksearch.data.ramp import generate_ramp
 
     out = tmp_path_factory.mktemp("ramp-real") / "ramp.jsonl"
-    generate_ramp(str(corpus_path), out, n=2, strategy="rules", max_masks=1, seed=11, progress=False)
+    generate_ramp(str(corpus_path), out, n=1, strategy="rules", max_masks=1, seed=11, progress=False)
     return out
 
 
@@ -26,13 +26,13 @@ def test_real_teacher_run_produces_well_formed_trajectories(ramp_examples, bm25_
     from masksearch.graphs.teacher import TeacherContext
     from masksearch.training.export import AcceptFilter, format_problems, run_cot, trajectory_to_sft_row
 
-    ctx = TeacherContext(models=embedded_model, max_turns=1, k=3, max_docs=6, name="smollm2-test")
+    ctx = TeacherContext(models=embedded_model, max_turns=1, k=3, max_docs=6, retries=0, name="smollm2-test")
     s = run_cot(ramp_examples, tmp_path / "out", ctx, f"bm25:{bm25_dir}", concurrency=2, progress=False,
                 accept="none")
-    assert s["trajectories"] == 2 and s["teacher"] == "smollm2-test"
+    assert s["trajectories"] == 1 and s["teacher"] == "smollm2-test"
     lines = (tmp_path / "out" / "trajectories.jsonl").read_text().splitlines()
     trajs = [Trajectory.from_json(x) for x in lines]
-    assert len({t.id for t in trajs}) == 2
+    assert len({t.id for t in trajs}) == 1
     for t in trajs:
         assert t.status in ("answered", "turn_cap", "malformed"), (t.status, t.reason)
         assert t.status == "answered" or t.reason
