@@ -16,7 +16,7 @@ def test_embedded_model_in_student_graph(embedded_model, bm25_dir, bench_path):
 
     examples = load_qa(bench_path("hotpotqa"), limit=2)
     ctx = StudentContext(model=embedded_model, retriever=make_retriever(f"bm25:{bm25_dir}"), k=2, max_turns=2,
-                         max_new_tokens=48, info_max_tokens=120)
+                         max_new_tokens=32, info_max_tokens=120)
     trajs = run_student_batch(examples, ctx, concurrency=2, progress=False)
     tok = embedded_model.tokenizer
     for ex, t in zip(examples, trajs):
