@@ -326,6 +326,8 @@ def test_solvability_report_counts_per_mask_count():
     assert rep["n"] == 6 and rep["solvable"] == 3 and rep["rate"] == 0.5
     assert rep["by_mask_count"][1] == {"n": 3, "solvable": 2, "rate": round(2 / 3, 4)}
     assert rep["by_mask_count"][2]["solvable"] == 1
+    short = R.solvability_report(recs, FakeRetriever(hits), k=5, query_words=2)  # "passage number"
+    assert short["n"] == 6 and short["solvable"] == 0
 
 
 def test_solvability_with_bm25_on_the_shared_corpus(small_corpus, bm25_dir, tmp_path):
