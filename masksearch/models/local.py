@@ -180,11 +180,25 @@ class _Batcher:
                         r.future.set_result(g)
 
 
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: Any) -> Any:
+    """One lock per underlying model, shared by every wrapper of it: generation swaps the model's
+    ``generation_config`` and train/eval mode, which must not interleave."""
+    with _LOCKS_GUARD:
+        lock = model.__dict__.get("_masksearch_generate_lock")
+        if lock is None:
+            lock = threading.RLock()
+            model.__dict__["_masksearch_generate_lock"] = lock
+        return lock
+
+
 # ----------------------------------------------------------------------------------------------
 # generate helpers (built lazily: torch/transformers are imported only when a model runs)
 
 
-def _make_processor_and_criteria(reqs: list[_Request], prompt_len: int, tokenizer: Any):
+def _make_processor_and_criteria(reqs: list[_Request], prompt_len: int, tokenizer: Any, eos: Sequence[int]):
     import torch
     from transformers import LogitsProcessor, StoppingCriteria
 
@@ -222,6 +236,7 @@ def _make_processor_and_criteria(reqs: list[_Request], prompt_len: int, tokenize
             return out
 
     stops = [r.stop for r in reqs]
+    eos_set = set(eos)
     limits = [r.max_new_tokens for r in reqs]
     window = [max((len(s) for s in st), default=0) * 2 + 8 for st in stops]
 
@@ -234,9 +249,13 @@ def _make_processor_and_criteria(reqs: list[_Request], prompt_len: int, tokenize
             steps = input_ids.shape[1] - prompt_len
             done = [False] * n
             tail_rows = None
+            last = input_ids[:, -1].tolist()
             for i in range(n):
                 if self.ended_at[i] is not None:
                     done[i] = True
+                    continue
+                if last[i] in eos_set:
+                    self.ended_at[i], self.reason[i], done[i] = steps, "eos", True
                     continue
                 if stops[i]:
                     if tail_rows is None:
@@ -291,7 +310,6 @@ class LocalChatModel(BaseChatModel):
 
     _batcher: Optional[_Batcher] = PrivateAttr(default=None)
     _batcher_lock: Any = PrivateAttr(default_factory=threading.Lock)
-    _gen_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     # -- construction --------------------------------------------------------------------------
 
@@ -416,14 +434,14 @@ class LocalChatModel(BaseChatModel):
             ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
             mask[i, width - len(r.prompt_ids):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        chooser, stopper = _make_processor_and_criteria(reqs, width, tok)
+        chooser, stopper = _make_processor_and_criteria(reqs, width, tok, eos)
         # a clean generation config, so no default processor (repetition penalty, warpers, ...)
         # sits between the raw logits and our chooser
         gcfg = GenerationConfig(max_new_tokens=max(r.max_new_tokens for r in reqs), do_sample=False,
                                 num_beams=1, eos_token_id=eos or None, pad_token_id=pad,
                                 bos_token_id=getattr(tok, "bos_token_id", None), use_cache=True,
                                 return_dict_in_generate=False)
-        with self._gen_lock:
+        with _model_lock(model):
             was_training = bool(getattr(model, "training", False))
             saved_gc = getattr(model, "generation_config", None)
             try:
@@ -451,8 +469,6 @@ class LocalChatModel(BaseChatModel):
             if e is not None:
                 n, reason = e + 1, "eos"
             n = min(n, r.max_new_tokens)
-            if reason == "length" and n < r.max_new_tokens and n < len(row):
-                reason = "length"
             token_ids = row[:n]
             text = tok.decode(token_ids, skip_special_tokens=True)
             stop_string = None
