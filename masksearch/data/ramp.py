@@ -662,23 +662,27 @@ class PplScorer:
             for b in range(0, len(order), self.batch_size):
                 idx = order[b:b + self.batch_size]
                 L = max(len(seqs[i][0]) + len(seqs[i][1]) for i in idx)
+                T = max(len(seqs[i][1]) for i in idx)
+                # left padding: every target ends at the last position, so only the last T+1
+                # positions need logits (the lm head over the vocabulary is most of the cost)
                 ids = torch.full((len(idx), L), pad, dtype=torch.long)
                 att = torch.zeros((len(idx), L), dtype=torch.long)
-                tmask = torch.zeros((len(idx), L), dtype=torch.bool)
                 for r, i in enumerate(idx):
-                    c, t = seqs[i]
-                    row = c + t
-                    ids[r, :len(row)] = torch.tensor(row)
-                    att[r, :len(row)] = 1
-                    tmask[r, len(c):len(row)] = True
-                logits = self.model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1)
-                tgt = ids[:, 1:].to(dev)
-                nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-                m = tmask[:, 1:].to(dev)
-                per = (nll * m).sum(-1) / m.sum(-1).clamp(min=1)
+                    row = seqs[i][0] + seqs[i][1]
+                    ids[r, L - len(row):] = torch.tensor(row)
+                    att[r, L - len(row):] = 1
+                pos_ids = (att.cumsum(-1) - 1).clamp(min=0)
+                kw = dict(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos_ids.to(dev))
+                try:
+                    logits = self.model(**kw, logits_to_keep=T + 1).logits
+                except TypeError:  # a model without logits_to_keep
+                    logits = self.model(**kw).logits
+                logits = logits[:, -(T + 1):-1].float()  # predictions of the last T tokens
+                tgt = ids[:, -T:].to(dev)
+                nll = torch.logsumexp(logits, -1) - logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
                 for r, i in enumerate(idx):
-                    out[i] = float(per[r])
+                    t = len(seqs[i][1])
+                    out[i] = float(nll[r, T - t:].mean())
         return out
 
 
