@@ -10,7 +10,7 @@ PIP       := $(BIN)/pip --disable-pip-version-check -q
 QUIET     := 2>&1 | grep -v -E "^WARNING: Location" || true
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-fast bench clean-venv
+.PHONY: setup quickstart test test-fast notebooks bench clean-venv
 
 setup: $(STAMP)
 
@@ -31,7 +31,10 @@ quickstart: setup
 	$(BIN)/masksearch quickstart $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --nbmake tests notebooks --durations=15 $(PYTEST_ARGS)
+
+notebooks: setup
+	$(BIN)/python -m pytest -q --nbmake notebooks --durations=0
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

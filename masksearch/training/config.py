@@ -8,6 +8,7 @@ pattern), so every TRL/transformers option works from YAML or flags without bein
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -65,3 +66,19 @@ class DistillArguments:
     info_max_tokens: int = 400
     concurrency: int = 8
     split_seed: int = field(default=0, metadata={"help": "Seed of the RAMP generation and the splits."})
+
+
+def adapt_to_device(train_config: Any) -> Any:
+    """Make a TRL config runnable where it is: without a GPU, TRL's GPU-minded defaults (bf16,
+    gradient checkpointing) only fail or slow the run, so they are turned off."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        has_gpu = False
+    if not has_gpu:
+        for name in ("bf16", "fp16", "gradient_checkpointing"):
+            if getattr(train_config, name, False):
+                setattr(train_config, name, False)
+    return train_config

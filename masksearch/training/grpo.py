@@ -563,7 +563,9 @@ def run_grpo(
     from trl.trainer.utils import get_peft_config
 
     from masksearch.protocol import ensure_student_template
+    from masksearch.training.config import adapt_to_device
 
+    adapt_to_device(training_args)
     if examples is None:
         if not script.train_file or not os.path.exists(script.train_file):
             raise MaskSearchError(f"train_file {script.train_file!r} not found: pass --train_file PATH.jsonl "

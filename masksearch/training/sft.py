@@ -255,6 +255,9 @@ def run_sft(script_args: SFTScriptArguments, sft_config: Any, rows: list[dict[st
                               f"(read: {dict(stats) or 'nothing'})")
     if script_args.curriculum == "mask_count" and sft_config.train_sampling_strategy == "random":
         sft_config.train_sampling_strategy = "sequential"  # keep the curriculum order
+    from masksearch.training.config import adapt_to_device
+
+    adapt_to_device(sft_config)
     if getattr(sft_config, "assistant_only_loss", False):
         sft_config.assistant_only_loss = False  # our rows carry the exact assistant mask already
 
