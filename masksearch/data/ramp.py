@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 from masksearch.errors import MaskSearchError, UnknownSpecError
+from masksearch.utils.aio import run_sync
 from masksearch.protocol import ANSWER_SEPARATOR, MASK_TOKEN
 from masksearch.utils.jsonl import ReadStats, ResumableJsonlWriter, in_shard, iter_jsonl, parse_shard
 
@@ -818,28 +819,6 @@ def _masked_key(masked: str) -> str:
     return hashlib.sha1(masked.encode()).hexdigest()
 
 
-def _run_coro(coro: Any) -> Any:
-    """asyncio.run, also from inside a running loop (a notebook): then in a worker thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["v"] = asyncio.run(coro)
-        except BaseException as e:  # noqa: BLE001
-            box["e"] = e
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]
-    return box["v"]
-
-
 def generate_ramp(corpus: Any, out: str | os.PathLike, n: int, strategy: str = "rules", model: Any = None,
                   max_masks: int = 4, seed: int = 0, shard: str | None = None, concurrency: int = 8,
                   progress: bool = True, *, mask_dist: Sequence[float] | None = None,
@@ -945,7 +924,7 @@ def generate_ramp(corpus: Any, out: str | os.PathLike, n: int, strategy: str = "
                        unparseable_replies=getattr(extractor, "replies_unparseable", 0))
 
     try:
-        _run_coro(drive())
+        run_sync(drive())
     finally:
         writer.close()
         if bar is not None:

@@ -233,8 +233,10 @@ def run_eval(method: str | Any = "agent", model: Any = "smollm2", retriever: Any
     """Evaluate ``method`` (``rag-pe`` | ``agent`` | ``teacher`` or a method object) with ``model``
     (a spec or chat model) and ``retriever`` (a spec or retriever) on ``benchmarks`` (short names)
     and/or ``data`` (files); returns the ``results.json`` content.  See the module docstring."""
-    return asyncio.run(arun_eval(method, model, retriever, benchmarks=benchmarks, data=data, limit=limit,
-                                 concurrency=concurrency, out_dir=out_dir, **kwargs))
+    from masksearch.utils.aio import run_sync
+
+    return run_sync(arun_eval(method, model, retriever, benchmarks=benchmarks, data=data, limit=limit,
+                              concurrency=concurrency, out_dir=out_dir, **kwargs))
 
 
 __all__ = ["run_eval", "arun_eval", "summarize_predictions", "prediction_record"]

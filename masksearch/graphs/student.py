@@ -25,7 +25,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import traceback
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from masksearch.agents.student import (
 from masksearch.data.qa import QAExample
 from masksearch.protocol import STUDENT_SYSTEM_PROMPT, information_block, parse_action
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
+from masksearch.utils.aio import run_sync
 
 MAX_CORRECTIONS = 1
 
@@ -315,18 +315,8 @@ async def arun_student(example: QAExample, context: StudentContext, graph: Any =
     return trajectory_from_state(example, context, state)
 
 
-def _run(coro_factory):
-    """Run a coroutine from sync code, also when an event loop is already running (notebooks)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro_factory())
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        return ex.submit(lambda: asyncio.run(coro_factory())).result()
-
-
 def run_student(example: QAExample, context: StudentContext, graph: Any = None) -> Trajectory:
-    return _run(lambda: arun_student(example, context, graph))
+    return run_sync(arun_student(example, context, graph))
 
 
 async def arun_student_batch(examples: Sequence[QAExample], context: StudentContext, concurrency: int = 8,
@@ -356,7 +346,7 @@ async def arun_student_batch(examples: Sequence[QAExample], context: StudentCont
 
 def run_student_batch(examples: Sequence[QAExample], context: StudentContext, concurrency: int = 8,
                       progress: bool = True, graph: Any = None) -> list[Trajectory]:
-    return _run(lambda: arun_student_batch(examples, context, concurrency, progress, graph))
+    return run_sync(arun_student_batch(examples, context, concurrency, progress, graph))
 
 
 __all__ = [

@@ -29,7 +29,6 @@ import os
 import re
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, TypedDict
 
@@ -490,12 +489,9 @@ async def arun_teacher(example: Any, context: TeacherContext, *, graph: Any = No
 
 def run_teacher(example: Any, context: TeacherContext, **kw: Any) -> Trajectory:
     """Synchronous :func:`arun_teacher` (also works inside a running event loop, e.g. Jupyter)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(arun_teacher(example, context, **kw))
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, arun_teacher(example, context, **kw)).result()
+    from masksearch.utils.aio import run_sync
+
+    return run_sync(arun_teacher(example, context, **kw))
 
 
 # LangGraph CLI / Studio entry point (see langgraph.json); pass a TeacherContext as the run context.

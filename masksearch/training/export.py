@@ -371,12 +371,6 @@ def run_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher: Any =
     ``retriever``: a spec (``"bm25:DIR"``) or any ``BaseRetriever``.  Keyword options: see
     :func:`arun_cot` (``concurrency``, ``limit``, ``resume``, ``checkpoint_db``, ``accept``, ...).
     """
-    coro = arun_cot(input, out_dir, teacher, retriever, **kw)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    from concurrent.futures import ThreadPoolExecutor
+    from masksearch.utils.aio import run_sync
 
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+    return run_sync(arun_cot(input, out_dir, teacher, retriever, **kw))

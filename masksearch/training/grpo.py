@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import json
 import logging
@@ -33,6 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from masksearch.data.qa import QAExample, load_qa, qa_from_record
 from masksearch.errors import MaskSearchError
+from masksearch.utils.aio import run_sync
 from masksearch.training.curriculum import CurriculumConfig, curriculum_order
 from masksearch.training.rewards import RewardConfig, build_reward_funcs
 
@@ -100,16 +100,6 @@ def _to_example(obj: Any) -> QAExample:
 
 
 # --------------------------------------------------------------------------- rollouts
-
-
-def _run_coroutine(coro: Any) -> Any:
-    """Run a coroutine to completion from sync code, also when a loop already runs (Jupyter)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def _unwrap(trainer: Any) -> Any:
@@ -233,7 +223,7 @@ class StudentRollout:
             async def _all() -> list[Any]:
                 return await asyncio.gather(*(arun_student(ex, context) for ex in examples))
 
-            trajs = _run_coroutine(_all())
+            trajs = run_sync(_all())
         finally:
             if was_training:
                 policy.train()
