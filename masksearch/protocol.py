@@ -197,7 +197,8 @@ def render_messages(
 
     ``system`` (protocol), ``user`` (question), then per step an ``assistant`` turn
     (``<think>…</think><search>…</search>``) and a ``user`` turn with ``<information>…``, and a
-    final ``assistant`` turn with ``<answer>``.  ``step.raw``/``final_raw`` are used verbatim when
+    final ``assistant`` turn with ``<answer>`` (or, for a run that ended otherwise — malformed, cut
+    by a budget — its exact last model output).  ``step.raw``/``final_raw`` are used verbatim when
     present, so a student's own transcript renders byte for byte.
     """
     msgs: list[dict[str, str]] = []
@@ -208,8 +209,10 @@ def render_messages(
         content = step.raw or search_turn(step.thought, step.queries)
         msgs.append({"role": "assistant", "content": content})
         msgs.append({"role": "user", "content": _step_information(step, format_documents)})
-    if include_answer and traj.answer is not None:
-        msgs.append({"role": "assistant", "content": traj.final_raw or answer_turn(traj.final_thought, traj.answer)})
+    if include_answer and traj.final_raw:  # the exact last model turn, whatever it was
+        msgs.append({"role": "assistant", "content": traj.final_raw})
+    elif include_answer and traj.answer is not None:
+        msgs.append({"role": "assistant", "content": answer_turn(traj.final_thought, traj.answer)})
     return msgs
 
 

@@ -129,3 +129,11 @@ def test_round_trip_skips_bad_lines(tmp_path):
         f.write("{not json\n")
     write_trajectories(str(path), [_traj()])
     assert len(list(read_trajectories(str(path)))) == 2
+
+
+def test_unanswered_run_renders_its_last_model_turn():
+    # a run that ended malformed keeps its last (bad) output, so the transcript is exact
+    t = Trajectory(id="m", question="q", status="malformed", final_raw="I will not use tags.")
+    msgs = P.render_messages(t, system_prompt=None)
+    assert msgs[-1] == {"role": "assistant", "content": "I will not use tags."}
+    assert P.render_messages(t, system_prompt=None, include_answer=False)[-1]["role"] == "user"
