@@ -23,6 +23,7 @@ from masksearch.data.qa import QAExample
 from masksearch.errors import UnknownSpecError
 from masksearch.protocol import ANSWER, information_block, parse_action
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
+from masksearch.utils.names import spec_name
 
 METHODS = ("rag-pe", "agent", "teacher")
 
@@ -32,19 +33,6 @@ RAG_PE_SYSTEM_PROMPT = (
     "</answer>, with no explanation."
 )
 RAG_PE_USER_TEMPLATE = "Documents:\n{documents}\n\nQuestion: {question}"
-
-
-def spec_name(obj: Any) -> str:
-    """A printable name for a model or retriever given as a spec string or an object."""
-    if obj is None:
-        return ""
-    if isinstance(obj, str):
-        return obj
-    for attr in ("spec", "model_name", "model", "name"):
-        v = getattr(obj, attr, None)
-        if isinstance(v, str) and v:
-            return v
-    return type(obj).__name__
 
 
 def extract_answer(text: str | None) -> tuple[str | None, bool]:

@@ -41,6 +41,7 @@ from masksearch.agents import judge as judge_mod
 from masksearch.agents import teacher as roles
 from masksearch.protocol import information_block
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
+from masksearch.utils.names import spec_name
 
 DEFAULT_MODEL = "smollm2"
 
@@ -48,20 +49,11 @@ DEFAULT_MODEL = "smollm2"
 # ----------------------------------------------------------------------------- run context
 def describe_model(model: Any) -> str:
     """A short, secret-free name for a model spec or object."""
-    if isinstance(model, str):
-        return model
-    for attr in ("spec", "model_name", "model", "model_id"):
-        v = getattr(model, attr, None)
-        if isinstance(v, str) and v:
-            return v
-    return type(model).__name__
+    return spec_name(model)
 
 
 def describe_retriever(retriever: Any) -> str:
-    if isinstance(retriever, str):
-        return retriever
-    v = getattr(retriever, "spec", None)
-    return v if isinstance(v, str) and v else type(retriever).__name__
+    return spec_name(retriever)
 
 
 @dataclass

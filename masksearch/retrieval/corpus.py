@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from masksearch.errors import MaskSearchError
-from masksearch.utils.jsonl import ReadStats
+from masksearch.utils.jsonl import ReadStats, decode_line
 
 FORMATS = ("jsonl", "flashrag", "tsv", "wikiextractor", "textdir", "hf")
 
@@ -135,22 +135,9 @@ def _iter_json_lines(path: str, stats: ReadStats) -> Iterator[tuple[int, dict]]:
     opener = _open_maybe_compressed
     with opener(path) as f:
         for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                stats.skipped["undecodable"] += 1
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                stats.skipped["invalid_json"] += 1
-                continue
-            if not isinstance(rec, dict):
-                stats.skipped["not_an_object"] += 1
-                continue
-            yield lineno, rec
+            rec = decode_line(raw, stats)
+            if rec is not None:
+                yield lineno, rec
 
 
 def _open_maybe_compressed(path: str):

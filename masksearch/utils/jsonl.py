@@ -34,6 +34,26 @@ class ReadStats:
         return f"{self.read} records read, {self.n_skipped} skipped ({why})"
 
 
+def decode_line(raw: bytes, stats: ReadStats) -> dict[str, Any] | None:
+    """One JSONL line as a dict, or None (a blank line, or a bad one counted in ``stats``)."""
+    if not raw.strip():
+        return None
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        stats.skipped["undecodable"] += 1
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        stats.skipped["invalid_json"] += 1
+        return None
+    if not isinstance(rec, dict):
+        stats.skipped["not_an_object"] += 1
+        return None
+    return rec
+
+
 def iter_jsonl(path: str | os.PathLike, stats: ReadStats | None = None,
                required: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
     """Yield the JSON objects of a file, skipping (and counting) bad lines.
@@ -47,20 +67,8 @@ def iter_jsonl(path: str | os.PathLike, stats: ReadStats | None = None,
     required = tuple(required)
     with open(path, "rb") as f:
         for raw in f:
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                stats.skipped["undecodable"] += 1
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                stats.skipped["invalid_json"] += 1
-                continue
-            if not isinstance(rec, dict):
-                stats.skipped["not_an_object"] += 1
+            rec = decode_line(raw, stats)
+            if rec is None:
                 continue
             if any(k not in rec for k in required):
                 stats.skipped["missing_field"] += 1
