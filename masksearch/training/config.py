@@ -68,16 +68,31 @@ class DistillArguments:
     split_seed: int = field(default=0, metadata={"help": "Seed of the RAMP generation and the splits."})
 
 
-def adapt_to_device(train_config: Any) -> Any:
-    """Make a TRL config runnable where it is: without a GPU, TRL's GPU-minded defaults (bf16,
-    gradient checkpointing) only fail or slow the run, so they are turned off."""
+def _has_gpu() -> bool:
     try:
         import torch
 
-        has_gpu = torch.cuda.is_available()
+        return bool(torch.cuda.is_available())
     except Exception:  # pragma: no cover
-        has_gpu = False
-    if not has_gpu:
+        return False
+
+
+def trl_parser(dataclass_types: tuple) -> Any:
+    """TRL's ``TrlParser`` over our dataclasses + TRL's config, with CPU-safe defaults without a
+    GPU (TRL defaults to bf16 and gradient checkpointing; bf16 refuses to start on a CPU).  A YAML
+    file or a flag that sets them still wins."""
+    from trl import TrlParser
+
+    parser = TrlParser(dataclass_types)
+    if not _has_gpu():
+        parser.set_defaults(bf16=False, gradient_checkpointing=False)
+    return parser
+
+
+def adapt_to_device(train_config: Any) -> Any:
+    """Make a TRL config runnable where it is: without a GPU, TRL's GPU-minded defaults (bf16,
+    gradient checkpointing) only fail or slow the run, so they are turned off."""
+    if not _has_gpu():
         for name in ("bf16", "fp16", "gradient_checkpointing"):
             if getattr(train_config, name, False):
                 setattr(train_config, name, False)

@@ -291,9 +291,11 @@ def summarize_report(report: dict[str, Any]) -> list[str]:
 
 def parse_distill_args(argv: Sequence[str] | None = None):
     """``(DistillArguments, SFTScriptArguments, SFTConfig)`` from ``--config YAML`` and flags."""
-    from trl import SFTConfig, TrlParser
+    from trl import SFTConfig
 
-    parser = TrlParser((DistillArguments, SFTScriptArguments, SFTConfig))
+    from masksearch.training.config import trl_parser
+
+    parser = trl_parser((DistillArguments, SFTScriptArguments, SFTConfig))
     return parser.parse_args_and_config(args=list(argv or []))
 
 

@@ -647,9 +647,11 @@ def run_grpo(
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[GRPOScriptArguments, Any, Any]:
-    from trl import GRPOConfig, ModelConfig, TrlParser
+    from trl import GRPOConfig, ModelConfig
 
-    parser = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
+    from masksearch.training.config import trl_parser
+
+    parser = trl_parser((GRPOScriptArguments, GRPOConfig, ModelConfig))
     script, training_args, model_args = parser.parse_args_and_config(args=list(argv or []))
     return script, training_args, model_args
 

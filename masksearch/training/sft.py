@@ -319,9 +319,11 @@ def run_sft(script_args: SFTScriptArguments, sft_config: Any, rows: list[dict[st
 
 def parse_sft_args(argv: Sequence[str] | None = None):
     """``(SFTScriptArguments, SFTConfig)`` from ``--config YAML`` and flags (TRL's ``TrlParser``)."""
-    from trl import SFTConfig, TrlParser
+    from trl import SFTConfig
 
-    parser = TrlParser((SFTScriptArguments, SFTConfig))
+    from masksearch.training.config import trl_parser
+
+    parser = trl_parser((SFTScriptArguments, SFTConfig))
     script_args, sft_config = parser.parse_args_and_config(args=list(argv or []))
     return script_args, sft_config
 
