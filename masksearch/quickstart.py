@@ -37,16 +37,18 @@ class QuickstartConfig:
     corpus: str | None = None  # default: the shared corpus beside the checkout
     model: str = "smollm2"
     ramp_train: int = 96
-    ramp_heldout: int = 16
+    ramp_heldout: int = 12
     max_masks: int = 2
     llm_teacher_examples: int = 4
-    sft_steps: int = 40
-    sft_batch_size: int = 4
-    learning_rate: float = 5e-5
-    eval_limit: int = 5
+    sft_steps: int = 12  # CPU SFT of the 135M model runs ~1k tokens/s: a few steps only
+    sft_batch_size: int = 2
+    learning_rate: float = 1e-4
+    eval_limit: int = 3
     benchmarks: tuple[str, ...] = DEFAULT_BENCHMARKS
     k: int = 3
     max_turns: int = 3
+    max_new_tokens: int = 96  # per policy turn
+    info_max_tokens: int = 256  # budget of each <information> block
     concurrency: int = 16
     seed: int = 0
     stages: tuple[str, ...] = STAGES
@@ -155,10 +157,12 @@ def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dic
         from masksearch.training.export import run_cot
 
         prov = run_cot(paths["ramp_train"], paths["cot_provenance"], teacher="provenance",
-                       retriever=retriever_spec, concurrency=4, k=cfg.k)
+                       retriever=retriever_spec, concurrency=4, k=cfg.k,
+                       info_max_tokens=cfg.info_max_tokens)
         llm = run_cot(paths["ramp_train"], paths["cot_llm"], teacher=cfg.model, retriever=retriever_spec,
                       concurrency=max(1, cfg.llm_teacher_examples), limit=cfg.llm_teacher_examples,
-                      k=cfg.k, max_turns=cfg.max_turns, model_options={"max_new_tokens": 128})
+                      k=cfg.k, max_turns=cfg.max_turns, info_max_tokens=cfg.info_max_tokens,
+                      model_options={"max_new_tokens": 128})
         return {"provenance": _slim(prov), "llm": _slim(llm)}
 
     # 4. SFT -----------------------------------------------------------------------------
@@ -194,7 +198,8 @@ def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dic
             res = run_eval(method, model, retriever_spec, benchmarks=list(cfg.benchmarks),
                            data=[str(paths["ramp_heldout"])], limit=cfg.eval_limit,
                            concurrency=cfg.concurrency, out_dir=str(d), k=cfg.k,
-                           max_turns=cfg.max_turns, label=label)
+                           max_turns=cfg.max_turns, label=label, max_new_tokens=cfg.max_new_tokens,
+                           info_max_tokens=cfg.info_max_tokens)
             out[label] = str(d)
             _log(f"eval {label}: {json.dumps(_headline(res))}")
         return {"runs": out}

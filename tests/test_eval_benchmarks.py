@@ -117,3 +117,13 @@ def test_limit_and_generated_ids(tmp_path):
     p.write_text("".join(json.dumps({"question": f"q{i}?", "golden_answers": [str(i)]}) + "\n" for i in range(5)))
     exs = load_benchmark(p, limit=3)
     assert [e.id for e in exs] == ["mine-0", "mine-1", "mine-2"]
+
+
+def test_ramp_files_evaluate_like_any_benchmark(tmp_path):
+    from masksearch.data.benchmarks import load_benchmark
+
+    p = tmp_path / "heldout.jsonl"
+    p.write_text('{"id": "r1", "question": "Fill [mask] and [mask].", "answers": ["1945", "Berlin"], "mask_count": 2}\n')
+    (ex,) = load_benchmark(str(p))
+    assert ex.golden_answers == ["1945", "Berlin"] and ex.answer_match == "all"
+    assert ex.metadata["mask_count"] == 2

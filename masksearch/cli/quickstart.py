@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--benchmarks", default=",".join(DEFAULT_BENCHMARKS))
     p.add_argument("--k", type=int, default=d.k)
     p.add_argument("--max-turns", type=int, default=d.max_turns)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="per policy turn")
+    p.add_argument("--info-max-tokens", type=int, default=d.info_max_tokens)
     p.add_argument("--concurrency", type=int, default=d.concurrency)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--stages", default=",".join(STAGES), help="subset of stages to run")
@@ -41,7 +43,8 @@ def _run(args: argparse.Namespace) -> int:
                            llm_teacher_examples=args.llm_teacher_examples, sft_steps=args.sft_steps,
                            sft_batch_size=args.sft_batch_size, learning_rate=args.learning_rate,
                            eval_limit=args.eval_limit, benchmarks=split(args.benchmarks), k=args.k,
-                           max_turns=args.max_turns, concurrency=args.concurrency, seed=args.seed,
+                           max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
+                           info_max_tokens=args.info_max_tokens, concurrency=args.concurrency, seed=args.seed,
                            stages=split(args.stages), force=split(args.force))
     run_quickstart(cfg)
     return 0

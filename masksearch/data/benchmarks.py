@@ -112,7 +112,7 @@ def record_to_example(rec: dict[str, Any], source: str = "") -> QAExample:
     """Normalise one record of any supported format; raises ValueError on a bad record."""
     if not isinstance(rec, dict):
         raise ValueError("record is not an object")
-    if "golden_answers" in rec:  # shared format and FlashRAG
+    if "golden_answers" in rec or "answers" in rec:  # shared format, FlashRAG, RAMP files
         ex = qa_from_record(rec, source=source)
         # FlashRAG keeps extra fields under "metadata": lift them so nothing nests twice
         if isinstance(ex.metadata.get("metadata"), dict):
