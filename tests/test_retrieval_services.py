@@ -21,16 +21,7 @@ from masksearch.retrieval.hybrid import HybridRetriever, rrf_fuse
 from masksearch.retrieval.server import create_app
 from masksearch.retrieval.tool import search_with_retry
 
-PASSAGES = [
-    {"id": "p1", "title": "Shirley Temple", "text": "Shirley Temple was an American actress and diplomat, "
-     "United States ambassador to Ghana and Chief of Protocol."},
-    {"id": "p2", "title": "Kiss and Tell (1945 film)", "text": "Kiss and Tell is a 1945 comedy film "
-     "starring Shirley Temple as Corliss Archer."},
-    {"id": "p3", "title": "Photosynthesis", "text": "Photosynthesis converts light energy into chemical "
-     "energy in plants and algae."},
-    {"id": "p4", "title": "Mount Everest", "text": "Mount Everest is the highest mountain above sea level, "
-     "in the Himalayas on the border of Nepal and China."},
-]
+from tests.test_retrieval import PASSAGES  # the same four passages
 
 
 def doc(pid: str) -> Document:
