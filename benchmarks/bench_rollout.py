@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
+        from masksearch.training.config import adapt_to_device
         from masksearch.training.rewards import format_reward, recall_reward
 
         ds = Dataset.from_list([example_row(ex) for ex in examples] * max(1, args.grpo_steps))
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                              num_generations=args.generations, max_completion_length=args.max_completion_length,
                              learning_rate=1e-6, logging_steps=1, report_to="none", save_strategy="no",
                              use_cpu=True, shuffle_dataset=False, reward_weights=[0.5, 1.0])
+            adapt_to_device(cfg)  # as run_grpo does: no gradient checkpointing / bf16 without a GPU
             step_rollout = make_rollout_func(retriever, settings, examples=examples)
             trainer = GRPOTrainer(model=model, reward_funcs=[format_reward, recall_reward], args=cfg, train_dataset=ds,
                                   processing_class=tok, rollout_func=step_rollout)
