@@ -124,6 +124,16 @@ class _Writer:
         self.writer = None
         self.index = None
 
+    def add_all(self, passages: Iterable[Any]) -> int:
+        """Add every passage and commit; on any error (or a kill) abort, leaving the index as it was."""
+        try:
+            for p in passages:
+                self.add(p)
+        except BaseException:
+            self.abort()
+            raise
+        return self.commit()
+
     def commit(self) -> int:
         self.store.flush()
         self.idx.flush()
@@ -148,14 +158,7 @@ def build_bm25(passages: Iterable[Passage], out: str | os.PathLike, *, language:
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"kind": "bm25", "engine": "tantivy", "format": INDEX_FORMAT, "language": language,
                 "stem": stem, "stopwords": stopwords, "count": 0, "complete": False, **(extra or {})}
-    w = _Writer(out, manifest, heap_mb=heap_mb, threads=threads)
-    try:
-        for p in passages:
-            w.add(p)
-    except BaseException:
-        w.abort()
-        raise
-    w.commit()
+    _Writer(out, manifest, heap_mb=heap_mb, threads=threads).add_all(passages)
     manifest["complete"] = True
     write_manifest(out, manifest)
     return manifest
@@ -302,13 +305,7 @@ class BM25Retriever(SearchRetriever):
         with self._lock:
             before = len(self)
             w = _Writer(Path(self.path), dict(self._manifest), heap_mb=heap_mb)
-            try:
-                for p in passages:
-                    w.add(p)
-            except BaseException:
-                w.abort()
-                raise
-            w.commit()
+            w.add_all(passages)
             m = w.manifest
             m["complete"] = True
             m["updated_at"] = time.time()

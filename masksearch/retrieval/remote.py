@@ -99,12 +99,18 @@ class RemoteRetriever(SearchRetriever):
                     out.extend(self._parse(resp.json(), len(chunk)))
                     break
                 except (httpx.TransportError, httpx.HTTPStatusError) as e:
-                    client_error = (isinstance(e, httpx.HTTPStatusError)
-                                    and 400 <= e.response.status_code < 500)
-                    if client_error or attempt == self.retries:
-                        raise self._error(e) from e
-                    time.sleep(self.backoff * (2 ** attempt))
+                    time.sleep(self._retry_delay(e, attempt))
         return out
+
+    def _retry_delay(self, e: Exception, attempt: int) -> float:
+        """Backoff before the next try; raises the clear error when retrying cannot help (a 4xx
+        refusal) or the retries are spent."""
+        import httpx
+
+        client_error = isinstance(e, httpx.HTTPStatusError) and 400 <= e.response.status_code < 500
+        if client_error or attempt == self.retries:
+            raise self._error(e) from e
+        return self.backoff * (2 ** attempt)
 
     async def asearch_many(self, queries: Sequence[str], k: int | None = None) -> list[list[Document]]:
         import asyncio
@@ -127,11 +133,7 @@ class RemoteRetriever(SearchRetriever):
                         out.extend(self._parse(resp.json(), len(chunk)))
                         break
                     except (httpx.TransportError, httpx.HTTPStatusError) as e:
-                        client_error = (isinstance(e, httpx.HTTPStatusError)
-                                        and 400 <= e.response.status_code < 500)
-                        if client_error or attempt == self.retries:
-                            raise self._error(e) from e
-                        await asyncio.sleep(self.backoff * (2 ** attempt))
+                        await asyncio.sleep(self._retry_delay(e, attempt))
         return out
 
     def health(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def _plt():
@@ -21,16 +21,7 @@ def plot_loss(history: Sequence[tuple[int, float]], path: str | Path, title: str
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     steps = [s for s, _ in history]
     ax.plot(steps, [l for _, l in history], marker="o" if len(history) < 30 else None, lw=1.5)
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss (student turns only)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, "step", title)
 
 
 def plot_rounds(curves: dict[str, Sequence[tuple[int, float]]], path: str | Path,
@@ -44,11 +35,15 @@ def plot_rounds(curves: dict[str, Sequence[tuple[int, float]]], path: str | Path
             continue
         ax.plot([offset + s for s, _ in hist], [l for _, l in hist], label=label, lw=1.5)
         offset += max(s for s, _ in hist)
-    ax.set_xlabel("step (cumulative)")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, ax, path, "step (cumulative)", title)
+
+
+def _save(plt: Any, fig: Any, ax: Any, path: str | Path, xlabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("train loss (student turns only)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
