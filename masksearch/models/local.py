@@ -306,9 +306,11 @@ class LocalChatModel(BaseChatModel):
     max_batch_size: int = 32
     batch_wait_ms: float = 10.0
     seed: Optional[int] = None
+    engine: str = "continuous"
 
     _batcher: Optional[_Batcher] = PrivateAttr(default=None)
     _batcher_lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _eos_cache: Optional[set] = PrivateAttr(default=None)
 
     # -- construction --------------------------------------------------------------------------
 
@@ -398,17 +400,46 @@ class LocalChatModel(BaseChatModel):
                         future=concurrent.futures.Future(),
                         seed=self.seed if seed is None else seed)
 
-    def _get_batcher(self) -> _Batcher:
+    def _get_batcher(self) -> Any:
         with self._batcher_lock:
             if self._batcher is None:
-                self._batcher = _Batcher(self)
+                if self.engine == "continuous":
+                    from masksearch.models.engine import ContinuousBatcher
+
+                    self._batcher = ContinuousBatcher(self)
+                elif self.engine == "generate":
+                    self._batcher = _Batcher(self)
+                else:
+                    raise ValueError(f"unknown engine {self.engine!r}: use 'continuous' or 'generate'")
             return self._batcher
 
     @property
     def batch_stats(self) -> dict[str, Any]:
-        """How many ``generate`` calls the batcher ran and their sizes (for tests and benchmarks)."""
+        """How many batches (generate calls, or prefill passes of the continuous engine) ran and
+        their sizes; the continuous engine adds decode ``steps`` and ``row_steps``."""
         b = self._batcher
-        return {"batches": b.batches_run if b else 0, "sizes": list(b.batch_sizes) if b else []}
+        if b is None:
+            return {"engine": self.engine, "batches": 0, "sizes": []}
+        if hasattr(b, "stats"):
+            return b.stats()
+        return {"engine": "generate", "batches": b.batches_run, "sizes": list(b.batch_sizes)}
+
+    def _eos_set(self) -> set[int]:
+        if self._eos_cache is None:
+            self._eos_cache = set(_eos_ids(self.model, self.tokenizer))
+        return self._eos_cache
+
+    def _make_generation(self, req: _Request, token_ids: list[int], logprobs: list[float],
+                         reason: str) -> Generation:
+        """The result of one request: text decoded and cut at the first stop string."""
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        stop_string = None
+        if req.stop:
+            text, stop_string = _cut_at_stop(text, req.stop)
+            if stop_string is not None and reason != "eos":
+                reason = "stop"
+        return Generation(token_ids=list(token_ids), logprobs=[float(x) for x in logprobs], text=text,
+                          finish_reason=reason, prompt_token_ids=list(req.prompt_ids), stop_string=stop_string)
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
@@ -468,16 +499,7 @@ class LocalChatModel(BaseChatModel):
             if e is not None:
                 n, reason = e + 1, "eos"
             n = min(n, r.max_new_tokens)
-            token_ids = row[:n]
-            text = tok.decode(token_ids, skip_special_tokens=True)
-            stop_string = None
-            if r.stop:
-                text, stop_string = _cut_at_stop(text, r.stop)
-                if stop_string is not None and reason != "eos":
-                    reason = "stop"
-            results.append(Generation(token_ids=token_ids, logprobs=[float(x) for x in lps[i][:n]],
-                                      text=text, finish_reason=reason, prompt_token_ids=list(r.prompt_ids),
-                                      stop_string=stop_string))
+            results.append(self._make_generation(r, row[:n], lps[i][:n], reason))
         return results
 
 
