@@ -154,3 +154,61 @@ def test_grow_layer_keeps_its_contents_across_reallocation():
         ref_k = torch.cat([ref_k, k], dim=2)
         assert torch.equal(keys, ref_k) and torch.equal(values, -ref_k)
         assert layer.get_seq_length() == ref_k.shape[2]
+
+
+def _multi_turn(model, tok, question, turns=3, n=12):
+    """A conversation whose every prompt extends the previous prompt + reply (as the agent's)."""
+    ids = tok(tok.apply_chat_template([{"role": "system", "content": "You answer briefly and accurately."},
+                                       {"role": "user", "content": question}], add_generation_prompt=True,
+                                      tokenize=False), add_special_tokens=False)["input_ids"]
+    more = tok("\n<information>Paris is the capital of France.</information>\n", add_special_tokens=False)["input_ids"]
+
+    async def run():
+        nonlocal ids
+        outs = []
+        for _ in range(turns):
+            g = await model.agenerate_ids(ids, max_new_tokens=n)
+            outs.append(g)
+            ids = ids + g.token_ids + more
+        return outs
+    return run
+
+
+def test_prefix_cache_reuses_earlier_turns_and_changes_nothing(pair):
+    cont, gen, _ = pair
+    tok = cont.tokenizer
+    qs = ["What is the capital of France?", "Who wrote Hamlet?", "Name a river."]
+
+    async def all_of(model):
+        return await asyncio.gather(*(_multi_turn(model, tok, q)() for q in qs))
+
+    before = dict(cont.batch_stats)
+    a = asyncio.run(all_of(cont))
+    st = cont.batch_stats
+    assert st["prefix_hits"] - before["prefix_hits"] >= len(qs) * 2  # turns 2 and 3 of every conversation
+    assert st["prefix_reused_tokens"] > before["prefix_reused_tokens"]
+    b = asyncio.run(all_of(gen))
+    for x, y in zip(a, b):
+        for g, h in zip(x, y):
+            assert g.token_ids == h.token_ids
+            assert g.logprobs == pytest.approx(h.logprobs, abs=2e-3)
+
+
+def test_prefix_cache_is_dropped_when_the_weights_change(tiny_model_path):
+    import torch
+
+    from masksearch.models.local import LocalChatModel
+
+    cont = LocalChatModel.from_spec(f"hf:{tiny_model_path}", max_new_tokens=8, batch_wait_ms=50)
+    ref = LocalChatModel.from_model(cont.model, cont.tokenizer, engine="generate", max_new_tokens=8)
+    prompt = list(range(100, 160))
+    cont.generate_ids([prompt], max_new_tokens=8)
+    cont.generate_ids([prompt + [7, 8, 9]], max_new_tokens=8)
+    hits = cont.batch_stats["prefix_hits"]
+    assert hits >= 1  # the same prefix, same weights: reused
+    with torch.no_grad():  # an "optimiser step"
+        for p in cont.model.parameters():
+            p.mul_(1.5)
+    after = cont.generate_ids([prompt + [7, 8, 9, 10]], max_new_tokens=8)[0]
+    assert cont.batch_stats["prefix_hits"] == hits  # nothing stale was reused
+    assert after.token_ids == ref.generate_ids([prompt + [7, 8, 9, 10]], max_new_tokens=8)[0].token_ids

@@ -18,7 +18,13 @@ This engine (``engine="continuous"``, the default) owns the decode loop instead:
 * finished rows leave the batch when it is compacted (before a merge, or when a quarter of the
   rows have ended), and padding columns no row needs any more are cropped then;
 * the KV cache grows in place (amortised), instead of the ``torch.cat`` per step of
-  transformers' ``DynamicLayer``.
+  transformers' ``DynamicLayer``;
+* a *prefix cache* keeps the keys/values of finished rows (``prefix_cache_mb``, least recently
+  used out first).  A new request that starts with tokens already computed — the next turn of the
+  same conversation (its prompt is the last prompt + the reply + the ``<information>`` block), or
+  just the shared system prompt — prefills only the rest.  Entries are dropped when the model's
+  weights change (a parameter's version counter moves, as after an optimiser step), so a policy
+  being trained never reuses stale keys.
 
 Token choice and log-probs are the same as the generate engine's: ``log_softmax(logits / T)``
 (``T = 1`` when greedy), argmax or a top-p sample, the chosen token's log-prob recorded.
@@ -89,6 +95,74 @@ def _new_cache():
     return Cache(layer_class_to_replicate=_GROW)
 
 
+class _PrefixStore:
+    """Keys/values of token sequences computed before, looked up by longest common prefix."""
+
+    MIN_REUSE = 16  # shorter matches are not worth the copy
+
+    def __init__(self, budget_bytes: float) -> None:
+        self.budget = float(budget_bytes)
+        self.entries: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
+        self.bytes = 0
+        self.version: Any = None
+        self._next = 0
+        self.hits = 0
+        self.lookups = 0
+        self.reused_tokens = 0
+
+    def check_version(self, version: Any) -> None:
+        if version != self.version:
+            self.entries.clear()
+            self.bytes = 0
+            self.version = version
+
+    @staticmethod
+    def _lcp(a, b) -> int:
+        m = min(a.shape[0], b.shape[0])
+        if m == 0:
+            return 0
+        diff = (a[:m] != b[:m]).nonzero()
+        return int(diff[0]) if diff.numel() else m
+
+    def lookup(self, ids) -> tuple[Optional[int], int]:
+        """(entry key, usable length) of the entry sharing the longest prefix with ``ids``; at
+        least one token is always left to compute."""
+        self.lookups += 1
+        best, best_n = None, 0
+        for key, (eids, _, _) in self.entries.items():
+            n = self._lcp(eids, ids)
+            if n > best_n:
+                best, best_n = key, n
+        best_n = min(best_n, ids.shape[0] - 1)
+        if best is None or best_n < self.MIN_REUSE:
+            return None, 0
+        self.entries.move_to_end(best)
+        self.hits += 1
+        self.reused_tokens += best_n
+        return best, best_n
+
+    def get(self, key: int) -> tuple:
+        return self.entries[key]
+
+    def add(self, ids, keys, values) -> None:
+        """``keys``/``values``: ``[layers, heads, n, dim]`` for the ``n`` tokens of ``ids``."""
+        size = keys.element_size() * keys.numel() * 2
+        if size > self.budget:
+            return
+        for k in [k for k, (e, _, _) in self.entries.items()
+                  if e.shape[0] <= ids.shape[0] and self._lcp(e, ids) == e.shape[0]]:
+            self._drop(k)  # superseded: the new entry extends it
+        self.entries[self._next] = (ids, keys, values)
+        self._next += 1
+        self.bytes += size
+        while self.bytes > self.budget and self.entries:
+            self._drop(next(iter(self.entries)))
+
+    def _drop(self, key: int) -> None:
+        _, k, v = self.entries.pop(key)
+        self.bytes -= k.element_size() * k.numel() + v.element_size() * v.numel()
+
+
 class _Row:
     __slots__ = ("req", "pos", "out", "lps", "reason", "gen", "window", "enqueued")
 
@@ -120,7 +194,10 @@ class ContinuousBatcher:
         self.row_steps = 0  # rows computed over all decode steps (finished rows kept as holes count)
         self.useful_row_steps = 0
         self.max_running = 0
+        self.prefilled_tokens = 0
         self._logits_to_keep = True
+        mb = float(getattr(owner, "prefix_cache_mb", 0) or 0)
+        self.prefix: Optional[_PrefixStore] = _PrefixStore(mb * 2**20) if mb > 0 else None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -135,13 +212,20 @@ class ContinuousBatcher:
     def stats(self) -> dict[str, Any]:
         return {"engine": "continuous", "batches": self.batches_run, "sizes": list(self.batch_sizes),
                 "steps": self.steps, "row_steps": self.row_steps, "useful_row_steps": self.useful_row_steps,
-                "max_running": self.max_running}
+                "max_running": self.max_running, "prefilled_tokens": self.prefilled_tokens,
+                "prefix_hits": self.prefix.hits if self.prefix else 0,
+                "prefix_reused_tokens": self.prefix.reused_tokens if self.prefix else 0,
+                "prefix_cache_mb": round(self.prefix.bytes / 2**20, 1) if self.prefix else 0.0}
 
     # -- the loop ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
         import torch
 
+        with torch.inference_mode():
+            self._serve()
+
+    def _serve(self) -> None:
         torch_state = {"cache": None, "mask": None}
         rows: list[_Row] = []
         waiting: collections.deque = collections.deque()
@@ -192,7 +276,7 @@ class ContinuousBatcher:
                             continue
             live = [r for r in rows if r.reason is None]
             if not live:
-                rows, torch_state["cache"], torch_state["mask"] = [], None, None
+                rows = self._compact(torch_state, rows)
                 continue
             # 3. one decode step for the running rows
             try:
@@ -254,14 +338,32 @@ class ContinuousBatcher:
 
         device = self._device()
         pad = self.owner._pad_id()
-        width = max(len(r.prompt_ids) for r in new)
-        ids = torch.full((len(new), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(new), width), dtype=torch.long)
-        for i, r in enumerate(new):
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            mask[i, width - len(r.prompt_ids):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        # finished rows leave first: their keys/values go to the prefix cache, where the next turn
+        # of the same conversation (typically among ``new``) finds them
+        rows = self._compact(st, rows)
+        reuse: list[tuple[Optional[int], int]] = [(None, 0)] * len(new)
+        if self.prefix is not None:
+            self.prefix.check_version(self._weights_version())
+            reuse = [self.prefix.lookup(torch.tensor(r.prompt_ids, dtype=torch.long)) for r in new]
+        past = max(n for _, n in reuse)
+        suffix = [r.prompt_ids[n:] for r, (_, n) in zip(new, reuse)]
+        w_new = max(len(x) for x in suffix)
+        ids = torch.full((len(new), w_new), pad, dtype=torch.long)
+        mask_new = torch.zeros((len(new), w_new), dtype=torch.long)
+        for i, x in enumerate(suffix):
+            ids[i, w_new - len(x):] = torch.tensor(x, dtype=torch.long)
+            mask_new[i, w_new - len(x):] = 1
+        start = torch.tensor([[n] for _, n in reuse], dtype=torch.long)
+        pos = (mask_new.cumsum(-1) - 1).clamp(min=0) + start
+        mask_past = torch.zeros((len(new), past), dtype=torch.long)
         cache = _new_cache()
+        if past:
+            self._fill_past(cache, new, reuse, past, device)
+            for i, (_, n) in enumerate(reuse):
+                mask_past[i, past - n:] = 1
+        mask = torch.cat([mask_past, mask_new], dim=1)
+        width = mask.shape[1]
+        self.prefilled_tokens += int(mask_new.sum())
         logits = self._forward(input_ids=ids.to(device), attention_mask=mask.to(device),
                                position_ids=pos.to(device), past_key_values=cache)
         self.batches_run += 1
@@ -275,7 +377,6 @@ class ContinuousBatcher:
                 gen.manual_seed(int(r.seed))
             new_rows.append(_Row(r, len(r.prompt_ids), gen, now))
         self._choose(new_rows, logits)  # the first new token of each admitted row
-        rows = self._compact(st, rows)  # drop finished rows before the merge copies the cache
         mask = mask.to(device)
         if st["cache"] is None:
             st["cache"], st["mask"] = cache, mask
@@ -303,6 +404,50 @@ class ContinuousBatcher:
         self.max_running = max(self.max_running, sum(1 for r in merged if r.reason is None))
         return merged
 
+    def _weights_version(self) -> int:
+        """Moves whenever a parameter is modified in place (an optimiser step, a load)."""
+        return sum(p._version for p in self.owner.model.parameters())
+
+    def _fill_past(self, cache: Any, new: list, reuse: list, past: int, device: Any) -> None:
+        """Right-align each request's cached prefix in a ``past``-long cache (zeros elsewhere)."""
+        n_layers = None
+        rows_kv = []
+        for key, n in reuse:
+            if key is None or n == 0:
+                rows_kv.append(None)
+                continue
+            _, k, v = self.prefix.get(key)
+            rows_kv.append((k[:, :, :n], v[:, :, :n]))
+            n_layers = k.shape[0]
+        ref = next(x for x in rows_kv if x is not None)[0]
+        _, heads, _, dim = ref.shape
+        keys = ref.new_zeros((n_layers, len(new), heads, past, dim))
+        values = ref.new_zeros((n_layers, len(new), heads, past, dim))
+        for i, kv in enumerate(rows_kv):
+            if kv is not None:
+                n = kv[0].shape[2]
+                keys[:, i, :, past - n:] = kv[0]
+                values[:, i, :, past - n:] = kv[1]
+        grow = _GROW or _grow_layer_class()
+        for layer in range(n_layers):
+            gl = grow()
+            gl.set_states(keys[layer].to(device), values[layer].to(device), room=max(len(x.prompt_ids) for x in new))
+            cache.layers.append(gl)
+
+    def _save(self, st: dict, i: int, row: _Row) -> None:
+        """Keep a finished row's keys/values (prompt + every token fed) in the prefix cache."""
+        import torch
+
+        if self.prefix is None or st["cache"] is None:
+            return
+        cols = st["mask"][i].nonzero().squeeze(-1)
+        ids = row.req.prompt_ids + row.out[:-1]
+        if cols.numel() != len(ids) or len(ids) < _PrefixStore.MIN_REUSE:
+            return
+        keys = torch.stack([layer.keys[i].index_select(1, cols) for layer in st["cache"].layers])
+        values = torch.stack([layer.values[i].index_select(1, cols) for layer in st["cache"].layers])
+        self.prefix.add(torch.tensor(ids, dtype=torch.long), keys, values)
+
     @staticmethod
     def _room(rows: list[_Row]) -> int:
         left = [r.req.max_new_tokens - len(r.out) for r in rows if r.reason is None]
@@ -315,6 +460,9 @@ class ContinuousBatcher:
         keep = [i for i, r in enumerate(rows) if r.reason is None]
         if len(keep) == len(rows) or st["cache"] is None:
             return rows
+        for i, r in enumerate(rows):
+            if r.reason is not None:
+                self._save(st, i, r)
         if not keep:
             st["cache"], st["mask"] = None, None
             return []
@@ -335,7 +483,10 @@ class ContinuousBatcher:
         device = self._device()
         last = torch.tensor([[r.out[-1] if r.out else 0] for r in rows], dtype=torch.long, device=device)
         pos = torch.tensor([[r.pos] for r in rows], dtype=torch.long, device=device)
-        mask = torch.cat([st["mask"], torch.ones((len(rows), 1), dtype=st["mask"].dtype, device=device)], dim=1)
+        # a finished row still in the batch (a hole until the next compaction) is fed its last token
+        # but masked out, so that its cached columns stay exactly its own tokens
+        fresh = torch.tensor([[1 if r.reason is None else 0] for r in rows], dtype=st["mask"].dtype, device=device)
+        mask = torch.cat([st["mask"], fresh], dim=1)
         logits = self._forward(input_ids=last, attention_mask=mask, position_ids=pos, past_key_values=st["cache"])
         st["mask"] = mask
         self.steps += 1

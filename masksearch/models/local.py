@@ -307,6 +307,7 @@ class LocalChatModel(BaseChatModel):
     batch_wait_ms: float = 10.0
     seed: Optional[int] = None
     engine: str = "continuous"
+    prefix_cache_mb: float = 512.0
 
     _batcher: Optional[_Batcher] = PrivateAttr(default=None)
     _batcher_lock: Any = PrivateAttr(default_factory=threading.Lock)
