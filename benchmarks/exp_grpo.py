@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-turns", type=int, default=2)
     ap.add_argument("--max-completion-length", type=int, default=320)
     ap.add_argument("--out", default=str(ROOT / "runs" / "exp_grpo"))
-    ap.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "grpo_reward.png"))
+    ap.add_argument("--figure", default=str(ROOT / "docs" / "img" / "grpo_reward.png"))
     args = ap.parse_args(argv)
 
     import torch

@@ -34,10 +34,8 @@ Requests with different temperatures, ``top_p`` or stop strings share a batch.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import logging
 import queue
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -50,7 +48,6 @@ log = logging.getLogger(__name__)
 def _grow_layer_class():
     """A ``DynamicLayer`` whose keys/values live in a buffer with spare room (built lazily so that
     importing this module does not import torch/transformers)."""
-    import torch
     from transformers.cache_utils import DynamicLayer
 
     class GrowLayer(DynamicLayer):
@@ -177,19 +174,19 @@ class _Row:
         self.enqueued = enqueued
 
 
-class ContinuousBatcher:
-    """The serving loop of ``engine="continuous"``: same ``submit`` interface as the generate
-    engine's batcher, one worker thread, any number of threads/event loops submitting."""
+def _base():
+    from masksearch.models.local import _Batcher
+
+    return _Batcher
+
+
+class ContinuousBatcher(_base()):
+    """The serving loop of ``engine="continuous"``: the generate engine's queue, worker thread and
+    ``submit``; a decode loop of its own instead of one ``generate`` per batch."""
 
     def __init__(self, owner: "LocalChatModel") -> None:
-        self.owner = owner
-        self.q: "queue.Queue[_Request]" = queue.Queue()
-        self.lock = threading.Lock()
-        self.thread: Optional[threading.Thread] = None
-        self.idle_exit_s = 10.0
-        # statistics (for tests and benchmarks)
-        self.batches_run = 0  # prefill (admission) passes
-        self.batch_sizes: list[int] = []  # rows admitted per pass
+        super().__init__(owner)
+        # statistics (for tests and benchmarks); batches_run/batch_sizes count prefill passes
         self.steps = 0  # decode steps
         self.row_steps = 0  # rows computed over all decode steps (finished rows kept as holes count)
         self.useful_row_steps = 0
@@ -198,16 +195,6 @@ class ContinuousBatcher:
         self._logits_to_keep = True
         mb = float(getattr(owner, "prefix_cache_mb", 0) or 0)
         self.prefix: Optional[_PrefixStore] = _PrefixStore(mb * 2**20) if mb > 0 else None
-
-    # -- public --------------------------------------------------------------------------------
-
-    def submit(self, req: "_Request") -> concurrent.futures.Future:
-        with self.lock:
-            self.q.put(req)
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._loop, name="masksearch-engine", daemon=True)
-                self.thread.start()
-        return req.future
 
     def stats(self) -> dict[str, Any]:
         return {"engine": "continuous", "batches": self.batches_run, "sizes": list(self.batch_sizes),
@@ -234,14 +221,9 @@ class ContinuousBatcher:
         while True:
             # 1. take what has arrived
             if not rows and not waiting:
-                try:
-                    first = self.q.get(timeout=self.idle_exit_s)
-                except queue.Empty:
-                    with self.lock:
-                        if self.q.empty():
-                            self.thread = None
-                            return
-                    continue
+                first = self._wait_first()
+                if first is None:
+                    return
                 waiting.extend(self._collect(first))
                 wait_since = time.monotonic()
             while True:
@@ -291,20 +273,6 @@ class ContinuousBatcher:
             holes = sum(1 for r in rows if r.reason is not None)
             if holes and holes * 4 >= len(rows):
                 rows = self._compact(torch_state, rows)
-
-    def _collect(self, first: "_Request") -> list["_Request"]:
-        """After an idle spell, wait ``batch_wait_ms`` for company (as the generate engine does)."""
-        batch = [first]
-        wait = max(self.owner.batch_wait_ms, 0) / 1000.0
-        cap = max(1, int(self.owner.max_batch_size))
-        deadline = time.monotonic() + max(wait * 20, 0.05)
-        while len(batch) < cap:
-            timeout = min(wait, max(deadline - time.monotonic(), 0.0))
-            try:
-                batch.append(self.q.get(timeout=timeout) if timeout > 0 else self.q.get_nowait())
-            except queue.Empty:
-                break
-        return batch
 
     # -- model calls ---------------------------------------------------------------------------
 

@@ -147,16 +147,23 @@ class _Batcher:
                 break
         return batch
 
-    def _loop(self) -> None:
+    def _wait_first(self) -> Optional[_Request]:
+        """Block for the next request; None when idle for ``idle_exit_s`` (the worker then exits,
+        and the next ``submit`` starts a new one)."""
         while True:
             try:
-                first = self.q.get(timeout=self.idle_exit_s)
+                return self.q.get(timeout=self.idle_exit_s)
             except queue.Empty:
                 with self.lock:
                     if self.q.empty():
                         self.thread = None
-                        return
-                continue
+                        return None
+
+    def _loop(self) -> None:
+        while True:
+            first = self._wait_first()
+            if first is None:
+                return
             pending = self._collect(first)
             groups: dict[tuple, list[_Request]] = {}
             for r in pending:
