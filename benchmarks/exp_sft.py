@@ -14,7 +14,7 @@ Figures: format-valid rate, mean searches per question, answer token recall and 
 and the acceptance rate of each teacher and of the self-evolved student.  The loss plots are
 written to ``docs/img/``.  Last printed line: one JSON object.
 
-    .venv/bin/python benchmarks/exp_sft.py [--steps 120] [--train-seconds 300] [--workdir runs/exp_sft]
+    .venv/bin/python benchmarks/exp_sft.py [--steps 200] [--train-seconds 420] [--workdir runs/exp_sft]
 
 Every trajectory comes from a named teacher or student run.
 """
@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--student", type=int, default=60, help="new questions the round-1 student solves")
     ap.add_argument("--heldout", type=int, default=30, help="held-out RAMP questions")
     ap.add_argument("--hotpotqa", type=int, default=50)
-    ap.add_argument("--steps", type=int, default=120, help="SFT steps per round")
-    ap.add_argument("--train-seconds", type=float, default=330, help="time budget per SFT round")
+    ap.add_argument("--steps", type=int, default=200, help="SFT steps per round")
+    ap.add_argument("--train-seconds", type=float, default=420, help="time budget per SFT round")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--max-new-tokens", type=int, default=96)
