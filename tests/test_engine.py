@@ -212,3 +212,17 @@ def test_prefix_cache_is_dropped_when_the_weights_change(tiny_model_path):
     after = cont.generate_ids([prompt + [7, 8, 9, 10]], max_new_tokens=8)[0]
     assert cont.batch_stats["prefix_hits"] == hits  # nothing stale was reused
     assert after.token_ids == ref.generate_ids([prompt + [7, 8, 9, 10]], max_new_tokens=8)[0].token_ids
+
+
+@pytest.mark.parametrize("engine", ["continuous", "generate"])
+def test_stop_ends_the_worker_and_a_later_call_starts_a_new_one(embedded_model, engine):
+    from masksearch.models.local import LocalChatModel
+
+    m = LocalChatModel.from_model(embedded_model.model, embedded_model.tokenizer, engine=engine, max_new_tokens=3)
+    first = m.generate_ids([[1, 4093, 198]])[0]
+    worker = m._batcher.thread
+    assert worker is not None and worker.is_alive()
+    m._batcher.stop(timeout=30)
+    assert not worker.is_alive()  # what the atexit hook does for every live model
+    again = m.generate_ids([[1, 4093, 198]])[0]
+    assert again.token_ids == first.token_ids

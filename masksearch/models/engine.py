@@ -228,9 +228,12 @@ class ContinuousBatcher(_base()):
                 wait_since = time.monotonic()
             while True:
                 try:
-                    waiting.append(self.q.get_nowait())
+                    req = self.q.get_nowait()
                 except queue.Empty:
                     break
+                if req is None:  # the stop sentinel: served after the running rows
+                    continue
+                waiting.append(req)
                 if wait_since is None:
                     wait_since = time.monotonic()
             # 2. admit (prefill + merge) when the batch is empty, when enough are waiting, or when

@@ -19,12 +19,14 @@ recorded is the token it appends.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import math
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
@@ -112,6 +114,19 @@ class _Request:
         return (greedy, 1.0 if greedy else float(self.temperature), 1.0 if greedy else float(self.top_p))
 
 
+_LIVE_BATCHERS: "weakref.WeakSet[_Batcher]" = weakref.WeakSet()
+_STOP = None  # the sentinel a worker reads as "exit now"
+
+
+@atexit.register
+def _stop_workers() -> None:
+    """At interpreter exit, let every worker thread leave its loop and join it, so that no daemon
+    thread is still inside torch while native libraries tear down (which can abort the process
+    with "terminate called without an active exception")."""
+    for b in list(_LIVE_BATCHERS):
+        b.stop(timeout=10.0)
+
+
 class _Batcher:
     """Collects requests from any thread/event loop and serves them in batches on one worker."""
 
@@ -123,6 +138,16 @@ class _Batcher:
         self.idle_exit_s = 10.0
         self.batches_run = 0
         self.batch_sizes: list[int] = []
+        _LIVE_BATCHERS.add(self)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the worker to exit once the requests ahead of the sentinel are served; wait for it."""
+        with self.lock:
+            thread = self.thread
+            if thread is None or not thread.is_alive():
+                return
+            self.q.put(_STOP)
+        thread.join(timeout)
 
     def submit(self, req: _Request) -> concurrent.futures.Future:
         with self.lock:
@@ -140,9 +165,11 @@ class _Batcher:
         while len(batch) < cap * 4:  # take a bit more than one batch: groups may split it
             try:
                 timeout = min(wait, max(hard_deadline - time.monotonic(), 0.0))
-                batch.append(self.q.get(timeout=timeout) if timeout > 0 else self.q.get_nowait())
+                req = self.q.get(timeout=timeout) if timeout > 0 else self.q.get_nowait()
             except queue.Empty:
                 break
+            if req is not _STOP:
+                batch.append(req)
             if len(batch) >= cap and self.q.empty():
                 break
         return batch
@@ -152,12 +179,16 @@ class _Batcher:
         and the next ``submit`` starts a new one)."""
         while True:
             try:
-                return self.q.get(timeout=self.idle_exit_s)
+                req = self.q.get(timeout=self.idle_exit_s)
             except queue.Empty:
+                req = _STOP
+            if req is _STOP:
                 with self.lock:
                     if self.q.empty():
                         self.thread = None
                         return None
+                continue
+            return req
 
     def _loop(self) -> None:
         while True:
