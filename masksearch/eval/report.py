@@ -109,7 +109,7 @@ def bar_chart(path: str | os.PathLike, columns: Sequence[str], rows: Sequence[di
 
     n = max(1, len(rows))
     width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(columns) + 1), 3.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(columns) + 1), 4.3), dpi=120)
     for i, r in enumerate(rows):
         xs = [j + (i - (n - 1) / 2) * width for j in range(len(columns))]
         ys = [r.get(c) or 0.0 for c in columns]
@@ -123,7 +123,8 @@ def bar_chart(path: str | os.PathLike, columns: Sequence[str], rows: Sequence[di
     top = max([r.get(c) or 0.0 for r in rows for c in columns] + [1.0])
     ax.set_ylim(0, min(100.0, top * 1.2 + 2))
     ax.set_title(title or f"MaskSearch evaluation: {METRIC_NAMES.get(metric, metric)}")
-    ax.legend(fontsize=8, loc="upper right")
+    # below the axes, so no bar or value label is ever hidden behind it
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(3, max(1, len(rows))), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
