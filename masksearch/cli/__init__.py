@@ -67,5 +67,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(rc or 0)
 
 
+def entry() -> None:  # pragma: no cover - the console script
+    """``masksearch``: run :func:`main`, then leave without native teardown.
+
+    After long model runs (a checkpoint evaluated for 15 minutes, a GRPO run), the interpreter's
+    final teardown sometimes aborted with "terminate called without an active exception" (exit
+    134) although every result had been written, which breaks ``set -e`` pipelines. The command
+    has finished its work by then: streams and logs are flushed and the process exits with the
+    command's own status."""
+    import logging
+    import os
+
+    rc = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe
+            pass
+    os._exit(rc)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
