@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--train", type=int, default=64, help="training questions")
     ap.add_argument("--heldout", type=int, default=24)
-    ap.add_argument("--lr", type=float, default=5e-6)
+    ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--loss-type", default="dapo")
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8, help="completions per step")
