@@ -110,7 +110,8 @@ def test_sampled_rows_are_seeded_per_request(pair):
     assert len({tuple(a1.token_ids), tuple(b1.token_ids), tuple(b2.token_ids), tuple(greedy.token_ids)}) > 1
 
 
-def test_a_failed_forward_pass_is_reported_and_the_engine_recovers(pair, monkeypatch):
+@pytest.mark.parametrize("fail_at", [1, 3])  # the prefill, a decode step
+def test_a_failed_forward_pass_is_reported_and_the_engine_recovers(pair, monkeypatch, fail_at):
     from masksearch.models.engine import ContinuousBatcher
 
     cont, _, ids = pair
@@ -119,7 +120,7 @@ def test_a_failed_forward_pass_is_reported_and_the_engine_recovers(pair, monkeyp
 
     def flaky(self, **kw):
         calls["n"] += 1
-        if calls["n"] == 3:  # a decode step of the first batch
+        if calls["n"] == fail_at:
             raise RuntimeError("device fell over")
         return real(self, **kw)
 

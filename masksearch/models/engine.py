@@ -251,6 +251,9 @@ class ContinuousBatcher(_base()):
                             new.append(r)
                     wait_since = time.monotonic() if waiting else None
                     if new:
+                        # finished rows leave first: their keys/values go to the prefix cache,
+                        # where the next turn of the same conversation (often in ``new``) finds them
+                        rows = self._compact(torch_state, rows)
                         try:
                             rows = self._admit(torch_state, rows, new)
                         except BaseException as e:  # noqa: BLE001 - delivered to every caller
@@ -309,9 +312,8 @@ class ContinuousBatcher(_base()):
 
         device = self._device()
         pad = self.owner._pad_id()
-        # finished rows leave first: their keys/values go to the prefix cache, where the next turn
-        # of the same conversation (typically among ``new``) finds them
-        rows = self._compact(st, rows)
+        # ``rows`` has no finished rows here (the loop compacts before admitting), so a failed
+        # prefill leaves the running batch and its cache consistent
         reuse: list[tuple[Optional[int], int]] = [(None, 0)] * len(new)
         if self.prefix is not None:
             self.prefix.check_version(self._weights_version())
