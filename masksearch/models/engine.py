@@ -83,13 +83,18 @@ def _grow_layer_class():
 _GROW = None
 
 
-def _new_cache():
+def _grow_class():
+    """The one ``GrowLayer`` class (built on first use)."""
     global _GROW
-    from transformers.cache_utils import Cache
-
     if _GROW is None:
         _GROW = _grow_layer_class()
-    return Cache(layer_class_to_replicate=_GROW)
+    return _GROW
+
+
+def _new_cache():
+    from transformers.cache_utils import Cache
+
+    return Cache(layer_class_to_replicate=_grow_class())
 
 
 class _PrefixStore:
@@ -161,9 +166,9 @@ class _PrefixStore:
 
 
 class _Row:
-    __slots__ = ("req", "pos", "out", "lps", "reason", "gen", "window", "enqueued")
+    __slots__ = ("req", "pos", "out", "lps", "reason", "gen", "window")
 
-    def __init__(self, req: "_Request", pos: int, gen: Any, enqueued: float) -> None:
+    def __init__(self, req: "_Request", pos: int, gen: Any) -> None:
         self.req = req
         self.pos = pos  # position id of the next token fed
         self.out: list[int] = []
@@ -171,7 +176,6 @@ class _Row:
         self.reason: Optional[str] = None
         self.gen = gen  # a torch.Generator for sampled rows with a seed, else None
         self.window = max((len(s) for s in req.stop), default=0) * 2 + 8
-        self.enqueued = enqueued
 
 
 def _base():
@@ -341,14 +345,13 @@ class ContinuousBatcher(_base()):
                                position_ids=pos.to(device), past_key_values=cache)
         self.batches_run += 1
         self.batch_sizes.append(len(new))
-        now = time.monotonic()
         new_rows = []
         for r in new:
             gen = None
             if r.temperature > 0 and r.seed is not None:
                 gen = torch.Generator(device="cpu")
                 gen.manual_seed(int(r.seed))
-            new_rows.append(_Row(r, len(r.prompt_ids), gen, now))
+            new_rows.append(_Row(r, len(r.prompt_ids), gen))
         self._choose(new_rows, logits)  # the first new token of each admitted row
         mask = mask.to(device)
         if st["cache"] is None:
@@ -401,7 +404,7 @@ class ContinuousBatcher(_base()):
                 n = kv[0].shape[2]
                 keys[:, i, :, past - n:] = kv[0]
                 values[:, i, :, past - n:] = kv[1]
-        grow = _GROW or _grow_layer_class()
+        grow = _grow_class()
         for layer in range(n_layers):
             gl = grow()
             gl.set_states(keys[layer].to(device), values[layer].to(device), room=max(len(x.prompt_ids) for x in new))
