@@ -37,10 +37,9 @@ import collections
 import logging
 import queue
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-if TYPE_CHECKING:  # pragma: no cover
-    from masksearch.models.local import LocalChatModel, _Request
+from masksearch.models.batching import BatchWorker, Request, hit_stop, model_lock, sample_tokens, stop_window
 
 log = logging.getLogger(__name__)
 
@@ -168,27 +167,21 @@ class _PrefixStore:
 class _Row:
     __slots__ = ("req", "pos", "out", "lps", "reason", "gen", "window")
 
-    def __init__(self, req: "_Request", pos: int, gen: Any) -> None:
+    def __init__(self, req: Request, pos: int, gen: Any) -> None:
         self.req = req
         self.pos = pos  # position id of the next token fed
         self.out: list[int] = []
         self.lps: list[float] = []
         self.reason: Optional[str] = None
         self.gen = gen  # a torch.Generator for sampled rows with a seed, else None
-        self.window = max((len(s) for s in req.stop), default=0) * 2 + 8
+        self.window = stop_window(req.stop)
 
 
-def _base():
-    from masksearch.models.local import _Batcher
-
-    return _Batcher
-
-
-class ContinuousBatcher(_base()):
+class ContinuousBatcher(BatchWorker):
     """The serving loop of ``engine="continuous"``: the generate engine's queue, worker thread and
     ``submit``; a decode loop of its own instead of one ``generate`` per batch."""
 
-    def __init__(self, owner: "LocalChatModel") -> None:
+    def __init__(self, owner: Any) -> None:
         super().__init__(owner)
         # statistics (for tests and benchmarks); batches_run/batch_sizes count prefill passes
         self.steps = 0  # decode steps
@@ -289,10 +282,8 @@ class ContinuousBatcher(_base()):
     def _forward(self, **kw):
         import torch
 
-        from masksearch.models.local import _model_lock
-
         model = self.owner.model
-        with _model_lock(model):
+        with model_lock(model):
             was_training = bool(getattr(model, "training", False))
             try:
                 model.eval()
@@ -311,7 +302,7 @@ class ContinuousBatcher(_base()):
         model = self.owner.model
         return getattr(model, "device", None) or next(model.parameters()).device
 
-    def _admit(self, st: dict, rows: list[_Row], new: list["_Request"]) -> list[_Row]:
+    def _admit(self, st: dict, rows: list[_Row], new: list[Request]) -> list[_Row]:
         import torch
 
         device = self._device()
@@ -490,13 +481,8 @@ class ContinuousBatcher(_base()):
             req = rows[i].req
             if req.temperature <= 0:
                 continue
-            probs = logp[j].exp()
-            if req.top_p < 1.0:
-                sp, si = torch.sort(probs, descending=True)
-                drop = (sp.cumsum(-1) - sp) > req.top_p
-                probs = torch.zeros_like(probs).scatter(-1, si, sp.masked_fill(drop, 0.0))
             gen = rows[i].gen or self._shared_generator()
-            chosen[j] = int(torch.multinomial(probs.cpu(), 1, generator=gen))
+            chosen[j] = int(sample_tokens(logp[j], req.top_p, gen))
         picked = logp.gather(-1, chosen.to(logp.device)[:, None]).squeeze(-1).cpu().tolist()
         chosen_l = chosen.tolist()
         for j, i in enumerate(live):
@@ -520,8 +506,7 @@ class ContinuousBatcher(_base()):
         tok = owner.tokenizer
         if row.out[-1] in owner._eos_set():
             reason = "eos"
-        elif row.req.stop and any(s in tok.decode(row.out[-row.window:], skip_special_tokens=True)
-                                  for s in row.req.stop):
+        elif hit_stop(tok, row.out[-row.window:], row.req.stop):
             reason = "stop"
         elif len(row.out) >= row.req.max_new_tokens:
             reason = "length"

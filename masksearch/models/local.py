@@ -19,15 +19,10 @@ recorded is the token it appends.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import logging
 import math
-import queue
 import threading
-import time
-import weakref
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -37,25 +32,13 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
 from masksearch.errors import MaskSearchError
+from masksearch.models.batching import (BatchWorker, Generation, Request, cut_at_stop, eos_ids, hit_stop,
+                                         model_lock, sample_tokens, stop_window)
 from masksearch.models.embedded import materialize_embedded
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Generation", "LocalChatModel", "materialize_embedded", "load_local"]
-
-
-@dataclass
-class Generation:
-    """One raw continuation: the tokens actually generated (ending with the stop string's last
-    token or the EOS token, nothing after), their log-probs, the decoded text (cut right after
-    the stop string, which is kept) and why it ended: ``stop`` | ``eos`` | ``length``."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    text: str
-    finish_reason: str
-    prompt_token_ids: list[int] = field(default_factory=list)
-    stop_string: Optional[str] = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,119 +59,13 @@ def _message_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     return out
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids: set[int] = set()
-    gc = getattr(model, "generation_config", None)
-    e = getattr(gc, "eos_token_id", None) if gc is not None else None
-    if isinstance(e, int):
-        ids.add(e)
-    elif isinstance(e, (list, tuple)):
-        ids.update(int(x) for x in e)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    tmpl = getattr(tokenizer, "chat_template", None) or ""
-    if "<|im_end|>" in tmpl:
-        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-            ids.add(im_end)
-    return sorted(ids)
-
-
 # ----------------------------------------------------------------------------------------------
 # the batcher
 
 
-@dataclass
-class _Request:
-    prompt_ids: list[int]
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    stop: tuple[str, ...]
-    future: concurrent.futures.Future
-    seed: Optional[int] = None
-
-    @property
-    def group_key(self) -> tuple:
-        greedy = self.temperature <= 0
-        return (greedy, 1.0 if greedy else float(self.temperature), 1.0 if greedy else float(self.top_p))
-
-
-_LIVE_BATCHERS: "weakref.WeakSet[_Batcher]" = weakref.WeakSet()
-_STOP = None  # the sentinel a worker reads as "exit now"
-
-
-@atexit.register
-def _stop_workers() -> None:
-    """At interpreter exit, let every worker thread leave its loop and join it, so that no daemon
-    thread is still inside torch while native libraries tear down (which can abort the process
-    with "terminate called without an active exception")."""
-    for b in list(_LIVE_BATCHERS):
-        b.stop(timeout=10.0)
-
-
-class _Batcher:
-    """Collects requests from any thread/event loop and serves them in batches on one worker."""
-
-    def __init__(self, owner: "LocalChatModel") -> None:
-        self.owner = owner
-        self.q: "queue.Queue[_Request]" = queue.Queue()
-        self.lock = threading.Lock()
-        self.thread: Optional[threading.Thread] = None
-        self.idle_exit_s = 10.0
-        self.batches_run = 0
-        self.batch_sizes: list[int] = []
-        _LIVE_BATCHERS.add(self)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the worker to exit once the requests ahead of the sentinel are served; wait for it."""
-        with self.lock:
-            thread = self.thread
-            if thread is None or not thread.is_alive():
-                return
-            self.q.put(_STOP)
-        thread.join(timeout)
-
-    def submit(self, req: _Request) -> concurrent.futures.Future:
-        with self.lock:
-            self.q.put(req)
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._loop, name="masksearch-batcher", daemon=True)
-                self.thread.start()
-        return req.future
-
-    def _collect(self, first: _Request) -> list[_Request]:
-        batch = [first]
-        wait = max(self.owner.batch_wait_ms, 0) / 1000.0
-        cap = max(1, int(self.owner.max_batch_size))
-        hard_deadline = time.monotonic() + max(wait * 20, 0.05)
-        while len(batch) < cap * 4:  # take a bit more than one batch: groups may split it
-            try:
-                timeout = min(wait, max(hard_deadline - time.monotonic(), 0.0))
-                req = self.q.get(timeout=timeout) if timeout > 0 else self.q.get_nowait()
-            except queue.Empty:
-                break
-            if req is not _STOP:
-                batch.append(req)
-            if len(batch) >= cap and self.q.empty():
-                break
-        return batch
-
-    def _wait_first(self) -> Optional[_Request]:
-        """Block for the next request; None when idle for ``idle_exit_s`` (the worker then exits,
-        and the next ``submit`` starts a new one)."""
-        while True:
-            try:
-                req = self.q.get(timeout=self.idle_exit_s)
-            except queue.Empty:
-                req = _STOP
-            if req is _STOP:
-                with self.lock:
-                    if self.q.empty():
-                        self.thread = None
-                        return None
-                continue
-            return req
+class GenerateBatcher(BatchWorker):
+    """``engine="generate"``: each collected batch, grouped by sampling parameters, runs as one
+    left-padded ``model.generate``."""
 
     def _loop(self) -> None:
         while True:
@@ -196,7 +73,7 @@ class _Batcher:
             if first is None:
                 return
             pending = self._collect(first)
-            groups: dict[tuple, list[_Request]] = {}
+            groups: dict[tuple, list[Request]] = {}
             for r in pending:
                 groups.setdefault(r.group_key, []).append(r)
             cap = max(1, int(self.owner.max_batch_size))
@@ -217,25 +94,11 @@ class _Batcher:
                         r.future.set_result(g)
 
 
-_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(model: Any) -> Any:
-    """One lock per underlying model, shared by every wrapper of it: generation swaps the model's
-    ``generation_config`` and train/eval mode, which must not interleave."""
-    with _LOCKS_GUARD:
-        lock = model.__dict__.get("_masksearch_generate_lock")
-        if lock is None:
-            lock = threading.RLock()
-            model.__dict__["_masksearch_generate_lock"] = lock
-        return lock
-
-
 # ----------------------------------------------------------------------------------------------
 # generate helpers (built lazily: torch/transformers are imported only when a model runs)
 
 
-def _make_processor_and_criteria(reqs: list[_Request], prompt_len: int, tokenizer: Any, eos: Sequence[int]):
+def _make_processor_and_criteria(reqs: list[Request], prompt_len: int, tokenizer: Any, eos: Sequence[int]):
     import torch
     from transformers import LogitsProcessor, StoppingCriteria
 
@@ -259,14 +122,7 @@ def _make_processor_and_criteria(reqs: list[_Request], prompt_len: int, tokenize
             if greedy:
                 chosen = torch.argmax(logits, dim=-1)
             else:
-                probs = logp.exp()
-                if top_p < 1.0:
-                    sp, si = torch.sort(probs, dim=-1, descending=True)
-                    cum = sp.cumsum(-1)
-                    drop = (cum - sp) > top_p  # keep the smallest prefix with mass >= top_p
-                    sp = sp.masked_fill(drop, 0.0)
-                    probs = torch.zeros_like(probs).scatter(-1, si, sp)
-                chosen = torch.multinomial(probs.cpu(), 1, generator=self.gen).squeeze(-1).to(scores.device)
+                chosen = sample_tokens(logp, top_p, self.gen)
             self.logprobs.append(logp.gather(-1, chosen[:, None]).squeeze(-1).cpu())
             out = torch.full_like(scores, -math.inf)
             out.scatter_(-1, chosen[:, None], 0.0)
@@ -275,7 +131,7 @@ def _make_processor_and_criteria(reqs: list[_Request], prompt_len: int, tokenize
     stops = [r.stop for r in reqs]
     eos_set = set(eos)
     limits = [r.max_new_tokens for r in reqs]
-    window = [max((len(s) for s in st), default=0) * 2 + 8 for st in stops]
+    window = [stop_window(st) for st in stops]
 
     class PerRowStop(StoppingCriteria):
         def __init__(self) -> None:
@@ -298,8 +154,7 @@ def _make_processor_and_criteria(reqs: list[_Request], prompt_len: int, tokenize
                     if tail_rows is None:
                         k = min(steps, max(window))
                         tail_rows = input_ids[:, input_ids.shape[1] - k:].tolist()
-                    tail = tokenizer.decode(tail_rows[i][-min(steps, window[i]):], skip_special_tokens=True)
-                    if any(s in tail for s in stops[i]):
+                    if hit_stop(tokenizer, tail_rows[i][-min(steps, window[i]):], stops[i]):
                         self.ended_at[i], self.reason[i], done[i] = steps, "stop", True
                         continue
                 if steps >= limits[i]:
@@ -307,17 +162,6 @@ def _make_processor_and_criteria(reqs: list[_Request], prompt_len: int, tokenize
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return Chooser(), PerRowStop()
-
-
-def _cut_at_stop(text: str, stops: Iterable[str]) -> tuple[str, Optional[str]]:
-    best: Optional[tuple[int, str]] = None
-    for s in stops:
-        if not s:
-            continue
-        i = text.find(s)
-        if i >= 0 and (best is None or i + len(s) < best[0]):
-            best = (i + len(s), s)
-    return (text[: best[0]], best[1]) if best else (text, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,7 +191,7 @@ class LocalChatModel(BaseChatModel):
     engine: str = "continuous"
     prefix_cache_mb: float = 512.0
 
-    _batcher: Optional[_Batcher] = PrivateAttr(default=None)
+    _batcher: Optional[BatchWorker] = PrivateAttr(default=None)
     _batcher_lock: Any = PrivateAttr(default_factory=threading.Lock)
     _eos_cache: Optional[set] = PrivateAttr(default=None)
 
@@ -424,7 +268,7 @@ class LocalChatModel(BaseChatModel):
 
     def _request(self, prompt_ids: list[int], stop: Optional[Sequence[str]] = None,
                  max_new_tokens: Optional[int] = None, temperature: Optional[float] = None,
-                 top_p: Optional[float] = None, seed: Optional[int] = None, **ignored: Any) -> _Request:
+                 top_p: Optional[float] = None, seed: Optional[int] = None, **ignored: Any) -> Request:
         if not prompt_ids:
             raise ValueError("empty prompt: nothing to continue")
         if isinstance(stop, str):
@@ -432,7 +276,7 @@ class LocalChatModel(BaseChatModel):
         mnt = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         if mnt < 1:
             raise ValueError("max_new_tokens must be >= 1")
-        return _Request(prompt_ids=[int(t) for t in prompt_ids], max_new_tokens=mnt,
+        return Request(prompt_ids=[int(t) for t in prompt_ids], max_new_tokens=mnt,
                         temperature=float(self.temperature if temperature is None else temperature),
                         top_p=float(self.top_p if top_p is None else top_p),
                         stop=tuple(s for s in (stop or ()) if s),
@@ -447,7 +291,7 @@ class LocalChatModel(BaseChatModel):
 
                     self._batcher = ContinuousBatcher(self)
                 elif self.engine == "generate":
-                    self._batcher = _Batcher(self)
+                    self._batcher = GenerateBatcher(self)
                 else:
                     raise ValueError(f"unknown engine {self.engine!r}: use 'continuous' or 'generate'")
             return self._batcher
@@ -465,16 +309,16 @@ class LocalChatModel(BaseChatModel):
 
     def _eos_set(self) -> set[int]:
         if self._eos_cache is None:
-            self._eos_cache = set(_eos_ids(self.model, self.tokenizer))
+            self._eos_cache = set(eos_ids(self.tokenizer, self.model))
         return self._eos_cache
 
-    def _make_generation(self, req: _Request, token_ids: list[int], logprobs: list[float],
+    def _make_generation(self, req: Request, token_ids: list[int], logprobs: list[float],
                          reason: str) -> Generation:
         """The result of one request: text decoded and cut at the first stop string."""
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         stop_string = None
         if req.stop:
-            text, stop_string = _cut_at_stop(text, req.stop)
+            text, stop_string = cut_at_stop(text, req.stop)
             if stop_string is not None and reason != "eos":
                 reason = "stop"
         return Generation(token_ids=list(token_ids), logprobs=[float(x) for x in logprobs], text=text,
@@ -484,10 +328,10 @@ class LocalChatModel(BaseChatModel):
         tok = self.tokenizer
         if tok.pad_token_id is not None:
             return int(tok.pad_token_id)
-        eos = _eos_ids(self.model, tok)
+        eos = eos_ids(tok, self.model)
         return eos[0] if eos else 0
 
-    def _run_batch(self, reqs: list[_Request]) -> list[Generation]:
+    def _run_batch(self, reqs: list[Request]) -> list[Generation]:
         """One left-padded ``generate`` for requests sharing sampling parameters."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -495,7 +339,7 @@ class LocalChatModel(BaseChatModel):
         model, tok = self.model, self.tokenizer
         device = getattr(model, "device", None) or next(model.parameters()).device
         pad = self._pad_id()
-        eos = _eos_ids(model, tok)
+        eos = eos_ids(tok, model)
         width = max(len(r.prompt_ids) for r in reqs)
         ids = torch.full((len(reqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(reqs), width), dtype=torch.long)
@@ -510,7 +354,7 @@ class LocalChatModel(BaseChatModel):
                                 num_beams=1, eos_token_id=eos or None, pad_token_id=pad,
                                 bos_token_id=getattr(tok, "bos_token_id", None), use_cache=True,
                                 return_dict_in_generate=False)
-        with _model_lock(model):
+        with model_lock(model):
             was_training = bool(getattr(model, "training", False))
             saved_gc = getattr(model, "generation_config", None)
             try:
