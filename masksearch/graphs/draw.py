@@ -119,8 +119,3 @@ def draw(graph: Any, format: str = "mermaid", out: str | Path | None = None, tit
         else:
             Path(out).write_text(data, encoding="utf-8")
     return data
-
-
-def student_graph() -> Any:
-    """LangGraph CLI / Studio factory for the student graph (see ``langgraph.json``)."""
-    return get_graph("student")
