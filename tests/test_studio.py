@@ -8,8 +8,8 @@ Studio's interrupt and time-travel buttons do).
 The slow test starts a real ``langgraph dev`` on a free 127.0.0.1 port in a temporary folder and
 drives it with the LangGraph SDK: the three assistants, the student and the teacher on the embedded
 model with their default contexts (small budgets), streamed events, a thread's state read back, a
-fork edited to search through the shared BM25 index, paused before ``search`` and resumed, and the
-teacher's input schema.
+fork edited to search through the shared BM25 index, its queries edited again before ``search``
+and the run resumed, the student's graph as Studio draws it, and the teacher's input schema.
 """
 
 from __future__ import annotations
@@ -51,6 +51,18 @@ def tiny_retriever_factory(k: int = 3) -> TinyRetriever:
 
 
 SPEC = "test_studio:tiny_retriever_factory"
+
+
+class BatchedRetriever(TinyRetriever):
+    """Takes ``k`` per call, as every masksearch retriever does (``search_many``)."""
+
+    def search_many(self, queries, k):
+        return [self.invoke(q)[:k] for q in queries]
+
+
+def batched_retriever_factory(k: int = 3) -> BatchedRetriever:
+    BUILDS.append(threading.current_thread().name)
+    return BatchedRetriever()
 
 
 class Replies(BaseChatModel):
@@ -109,6 +121,28 @@ async def test_specs_resolve_once_per_process_off_the_event_loop():
     assert await resources.aresolve_retriever(obj) is obj  # objects pass through untouched
     model = Replies(replies=["x"])
     assert resources.resolve_model(model, {"max_new_tokens": 3}) is model
+
+
+def test_one_index_serves_every_k_and_one_model_every_generation_setting():
+    resources.clear_cache()
+    BUILDS.clear()
+    batched = "test_studio:batched_retriever_factory"
+    assert resources.resolve_retriever(batched, 3) is resources.resolve_retriever(batched, 5)
+    assert len(BUILDS) == 1  # k travels with every search_many call: one object for all
+    assert resources.resolve_retriever(SPEC, 3) is not resources.resolve_retriever(SPEC, 5)
+    assert resources.resolve_retriever(SPEC, 3) is resources.resolve_retriever(SPEC, 3)
+    assert len(BUILDS) == 3  # a plain retriever keeps its constructor's k: one per k
+
+
+@pytest.mark.slow
+def test_a_local_model_is_loaded_once_whatever_its_generation_options():
+    short = resources.resolve_model("smollm2", {"max_new_tokens": 8})
+    plain = resources.resolve_model("smollm2")
+    assert short is not plain and short.model is plain.model and short.tokenizer is plain.tokenizer
+    assert short.max_new_tokens == 8 and plain.max_new_tokens != 8
+    assert resources.resolve_model("smollm2", {"max_new_tokens": 8}) is short
+    reply = short.invoke("Say hello.")
+    assert 0 < reply.usage_metadata["output_tokens"] <= 8
 
 
 def test_unknown_spec_is_one_clear_error_and_a_run_records_it():
@@ -256,6 +290,13 @@ async def test_langgraph_server_runs_the_graphs_through_the_sdk(studio_server):
     assert "golden_answers" in schemas["input_schema"]["properties"]
     assert schemas["context_schema"]["properties"]["models"]["default"] == "smollm2"
 
+    # what Studio's graph view draws: the same nodes and edges as docs/img/student_graph.png
+    drawn = await client.assistants.get_graph(assistants["student"]["assistant_id"])
+    assert {n["id"] for n in drawn["nodes"]} == {"__start__", "policy", "search", "__end__"}
+    edges = {(e["source"], e["target"], bool(e.get("conditional"))) for e in drawn["edges"]}
+    local = build_student_graph().get_graph()
+    assert edges == {(e.source, e.target, bool(e.conditional)) for e in local.edges}
+
     # the student on the embedded model, default context plus small budgets, events streamed
     question = "Who wrote the novel Dune?"
     thread = await client.threads.create()
@@ -275,20 +316,19 @@ async def test_langgraph_server_runs_the_graphs_through_the_sdk(studio_server):
     state = await client.threads.get_state(tid)
     assert state["next"] == [] and state["values"] == last
 
-    # time travel: fork after the first policy turn, make it search; pause before the search,
-    # edit the queries, resume (the real shared BM25 index answers)
+    # time travel: fork the checkpoint after the first policy turn into a search (the untrained
+    # model never asks for one); the fork stands before `search`; edit its queries there, resume
+    # (the real shared BM25 index answers)
     history = await client.threads.get_history(tid, limit=20)
     after_first = next(s for s in history if s["metadata"].get("step") == 1)
     pending = {"thought": "I should search.", "queries": ["Dune novel"], "eos": False,
                "raw": "<think>I should search.</think>\n<search>Dune novel</search>"}
-    fork = await client.threads.update_state(tid, {"status": "running", "final_requested": False, "pending": pending},
-                                             as_node="policy", checkpoint=after_first["checkpoint"])
-    paused = await client.runs.wait(tid, "student", input=None, context=STUDENT_CTX, interrupt_before=["search"],
-                                    checkpoint=fork["checkpoint"])
+    await client.threads.update_state(tid, {"status": "running", "final_requested": False, "pending": pending},
+                                      as_node="policy", checkpoint=after_first["checkpoint"])
     state = await client.threads.get_state(tid)
-    assert state["next"] == ["search"] and paused["pending"]["queries"] == ["Dune novel"]
+    assert state["next"] == ["search"] and state["values"]["pending"]["queries"] == ["Dune novel"]
     await client.threads.update_state(tid, {"pending": {**pending, "queries": ["Frank Herbert Dune"]}})
-    assert (await client.threads.get_state(tid))["next"] == ["search"]
+    assert (await client.threads.get_state(tid))["next"] == ["search"]  # the edit routes to search again
     done = await client.runs.wait(tid, "student", input=None, context=STUDENT_CTX)
     assert done["steps"][-1]["queries"] == ["Frank Herbert Dune"]
     assert done["steps"][-1]["documents"]  # retrieved from the shared corpus's BM25 index

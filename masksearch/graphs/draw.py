@@ -42,6 +42,11 @@ EDGE_LABELS = {
     ("observer", "judge"): "answer / turn cap",
     ("planner", "judge"): "unreadable / error",
     ("rewriter", "judge"): "unreadable / error",
+    ("policy", "search"): "<search>",
+    ("policy", "policy"): "correction",
+    ("policy", "__end__"): "<answer> / turn cap",
+    ("search", "policy"): "<information>",
+    ("search", "__end__"): "token budget",
 }
 
 

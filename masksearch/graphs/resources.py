@@ -48,11 +48,8 @@ def _cached(key: tuple, build: Any) -> Any:
     return _CACHE[key]
 
 
-def is_cached(kind: str, spec: Any, *extra: Any) -> bool:
-    """True when ``spec`` is an object (nothing to resolve) or already resolved."""
-    if not isinstance(spec, str):
-        return True
-    return (kind, spec.strip(), *extra) in _CACHE
+def _model_is_cached(spec: Any, options: Mapping[str, Any] | None) -> bool:
+    return not isinstance(spec, str) or ("model", spec.strip(), _options_key(options)) in _CACHE
 
 
 # ------------------------------------------------------------------------------ the shared index
@@ -125,9 +122,23 @@ def resolve_model(spec: Any, options: Mapping[str, Any] | None = None) -> Any:
     return _cached(("model", s, _options_key(options)), build)
 
 
+def _per_call_k(retriever: Any) -> bool:
+    """True when the retriever takes ``k`` on every call (``search_many``): one object serves
+    every ``k``; a plain ``BaseRetriever`` returns its constructor's ``k``, so it is kept per ``k``."""
+    return callable(getattr(retriever, "search_many", None))
+
+
+def _lookup_retriever(spec: str, k: int) -> Any:
+    first = _CACHE.get(("retriever", spec))  # (k it was built with, retriever)
+    if first is not None and (_per_call_k(first[1]) or first[0] == int(k)):
+        return first[1]
+    return _CACHE.get(("retriever", spec, int(k)))
+
+
 def resolve_retriever(spec: Any, k: int = 5) -> Any:
     """A retriever for ``spec`` (see :func:`masksearch.retrieval.make_retriever`, plus
-    :data:`SHARED_BM25`); an object is returned as is.  Blocking: use :func:`aresolve_retriever`."""
+    :data:`SHARED_BM25`); an object is returned as is.  One index is opened once per process,
+    whatever ``k`` the contexts ask for.  Blocking: use :func:`aresolve_retriever`."""
     if not isinstance(spec, str):
         return spec
     s = spec.strip()
@@ -138,21 +149,25 @@ def resolve_retriever(spec: Any, k: int = 5) -> Any:
         target = f"bm25:{shared_bm25_dir()}" if s == SHARED_BM25 else s
         return make_retriever(target, k=k)
 
+    built_k, first = _cached(("retriever", s), lambda: (int(k), build()))
+    if _per_call_k(first) or built_k == int(k):
+        return first
     return _cached(("retriever", s, int(k)), build)
 
 
 async def aresolve_model(spec: Any, options: Mapping[str, Any] | None = None) -> Any:
     """:func:`resolve_model` off the event loop (a cached spec returns at once)."""
-    if is_cached("model", spec, _options_key(options)):
+    if _model_is_cached(spec, options):
         return resolve_model(spec, options)
     return await asyncio.to_thread(resolve_model, spec, options)
 
 
 async def aresolve_retriever(spec: Any, k: int = 5) -> Any:
     """:func:`resolve_retriever` off the event loop (a cached spec returns at once)."""
-    if is_cached("retriever", spec, int(k)):
-        return resolve_retriever(spec, k)
-    return await asyncio.to_thread(resolve_retriever, spec, k)
+    if not isinstance(spec, str):
+        return spec
+    found = _lookup_retriever(spec.strip(), k)
+    return found if found is not None else await asyncio.to_thread(resolve_retriever, spec, k)
 
 
 def clear_cache() -> None:
@@ -163,4 +178,4 @@ def clear_cache() -> None:
 
 
 __all__ = ["DEFAULT_MODEL", "SHARED_BM25", "resolve_model", "resolve_retriever", "aresolve_model",
-           "aresolve_retriever", "shared_bm25_dir", "clear_cache", "is_cached"]
+           "aresolve_retriever", "shared_bm25_dir", "clear_cache"]

@@ -47,7 +47,6 @@ from masksearch.trajectory import Document, Provenance, Step, Trajectory
 from masksearch.utils.names import spec_name
 
 
-
 # ----------------------------------------------------------------------------- run context
 def describe_model(model: Any) -> str:
     """A short, secret-free name for a model spec or object."""
