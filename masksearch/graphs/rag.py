@@ -19,6 +19,7 @@ from langgraph.runtime import Runtime
 from typing_extensions import NotRequired, TypedDict
 
 from masksearch.graphs.resources import DEFAULT_MODEL, SHARED_BM25, aresolve_model, aresolve_retriever
+from masksearch.graphs.student import example_from_input
 
 
 @dataclass
@@ -55,8 +56,7 @@ class RagState(TypedDict, total=False):
 
 
 async def rag_pe(state: RagState, runtime: Runtime[RagContext]) -> dict[str, Any]:
-    from masksearch.eval.baselines import RagPE  # the evaluated baseline itself (eval sits above graphs)
-    from masksearch.graphs.student import example_from_input
+    from masksearch.eval.baselines import RagPE  # the evaluated baseline itself; lazy: eval sits above graphs
 
     ctx = runtime.context or RagContext()
     model = await aresolve_model(ctx.model, ctx.model_options)
