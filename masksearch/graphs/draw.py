@@ -42,6 +42,11 @@ EDGE_LABELS = {
     ("observer", "judge"): "answer / turn cap",
     ("planner", "judge"): "unreadable / error",
     ("rewriter", "judge"): "unreadable / error",
+    ("policy", "search"): "<search>",
+    ("policy", "policy"): "correction",
+    ("policy", "__end__"): "<answer> / turn cap",
+    ("search", "policy"): "<information>",
+    ("search", "__end__"): "token budget",
 }
 
 
@@ -119,8 +124,3 @@ def draw(graph: Any, format: str = "mermaid", out: str | Path | None = None, tit
         else:
             Path(out).write_text(data, encoding="utf-8")
     return data
-
-
-def student_graph() -> Any:
-    """LangGraph CLI / Studio factory for the student graph (see ``langgraph.json``)."""
-    return get_graph("student")

@@ -27,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import traceback
-from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Command
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from masksearch.agents.student import (
     FINAL_ANSWER_PROMPT,
@@ -48,6 +48,8 @@ from masksearch.agents.student import (
     prompt_token_ids,
 )
 from masksearch.data.qa import QAExample
+from masksearch.errors import MaskSearchError
+from masksearch.graphs.resources import DEFAULT_MODEL, SHARED_BM25, aresolve_model, aresolve_retriever
 from masksearch.protocol import STUDENT_SYSTEM_PROMPT, information_block, parse_action
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
 from masksearch.utils.aio import run_sync
@@ -59,12 +61,19 @@ MAX_CORRECTIONS = 1
 class StudentContext:
     """Run-scoped dependencies and settings of the student graph (LangGraph ``context_schema``).
 
+    ``model`` is a LangChain chat model or a spec string for
+    :func:`masksearch.models.make_chat_model` (built with ``model_options``); ``retriever`` is a
+    ``BaseRetriever`` or a spec for :func:`masksearch.retrieval.make_retriever`, ``"bm25:shared"``
+    being the shared corpus's BM25 index (built on first use into the cache).  Specs are resolved
+    once per process, off the event loop (:mod:`masksearch.graphs.resources`), so the LangGraph
+    server and Studio, which can only send JSON, run the graph with the defaults or any spec.
+
     ``max_new_tokens``/``temperature``/``top_p``/``max_completion_tokens`` apply to token models
-    (``LocalChatModel``); an API model uses its own generation settings.
+    (``LocalChatModel``); an API model uses its own generation settings (``model_options``).
     """
 
-    model: Any  # a LangChain BaseChatModel
-    retriever: Any  # a LangChain BaseRetriever
+    model: Any = DEFAULT_MODEL  # a LangChain BaseChatModel, or a model spec
+    retriever: Any = SHARED_BM25  # a LangChain BaseRetriever, or a retriever spec
     k: int = 3
     max_turns: int = 4
     max_new_tokens: int = 256
@@ -75,9 +84,47 @@ class StudentContext:
     system_prompt: str | None = STUDENT_SYSTEM_PROMPT
     name: str | None = None  # provenance name of the student; default: the model's spec
     round: int | None = None  # self-evolving distillation round, recorded in provenance
+    model_options: dict[str, Any] = field(default_factory=dict)  # make_chat_model options of a spec
+
+    async def aresolved(self) -> "StudentContext":
+        """This context with ``model`` and ``retriever`` as live objects (itself when they are
+        already); specs are loaded in a worker thread, once per process."""
+        if not isinstance(self.model, str) and not isinstance(self.retriever, str):
+            return self
+        model = await aresolve_model(self.model, self.model_options)
+        retriever = await aresolve_retriever(self.retriever, self.k)
+        return dataclasses.replace(self, model=model, retriever=retriever)
+
+
+async def _context(runtime: Runtime[StudentContext]) -> StudentContext:
+    """The run's context, resolved; a run started with no context (the LangGraph server's
+    default assistant) gets the defaults."""
+    return await (runtime.context or StudentContext()).aresolved()
+
+
+class StudentInput(TypedDict):
+    """A run's input: a question; the gold answers and the rest are optional (Studio's input form).
+
+    ``golden_answers``/``answer_match``/``id``/``source``/``metadata`` are recorded with the run
+    (``example``) and never shown to the model."""
+
+    question: str
+    golden_answers: NotRequired[list[str]]
+    answer_match: NotRequired[str]  # "any" (default) or "all" (every span, in order: RAMP)
+    id: NotRequired[str]
+    source: NotRequired[str]
+    metadata: NotRequired[dict[str, Any]]
 
 
 class StudentState(TypedDict, total=False):
+    # the input (StudentInput); the first policy turn starts the conversation from it
+    question: str
+    golden_answers: list[str]
+    answer_match: str
+    id: str
+    source: str
+    metadata: dict[str, Any]
+    # the run
     example: dict[str, Any]
     messages: list[dict[str, str]]
     steps: list[dict[str, Any]]
@@ -127,15 +174,24 @@ def _append_env(state: StudentState, ctx: StudentContext, update: dict[str, Any]
 
 
 # ------------------------------------------------------------------------------ nodes
-async def policy_node(state: StudentState, runtime: Runtime[StudentContext]) -> Command[Literal["search", "policy", "__end__"]]:
-    ctx = runtime.context
+async def policy_node(state: StudentState, runtime: Runtime[StudentContext]) -> dict[str, Any]:
+    """One policy turn.  The first turn of a run also starts the conversation (system prompt,
+    question, prompt token ids) from the input, so a run's input can be just ``{"question": …}``."""
+    ctx = await _context(runtime)
+    if state.get("messages") is not None:
+        return await _policy_turn(state, ctx)
+    start = initial_state(example_from_input(state), ctx)
+    return {**start, **await _policy_turn({**state, **start}, ctx)}
+
+
+async def _policy_turn(state: StudentState, ctx: StudentContext) -> dict[str, Any]:
     final = bool(state.get("final_requested"))
     update: dict[str, Any] = {}
     budget_cut = False
     if is_token_model(ctx.model):
         left = _budget_left(state, ctx)
         if left is not None and left <= 0:
-            return Command(update={"status": "length", "reason": "max_completion_tokens reached"}, goto=END)
+            return {"status": "length", "reason": "max_completion_tokens reached"}
         max_new = ctx.max_new_tokens if left is None else min(ctx.max_new_tokens, left)
         out: PolicyOutput = await apolicy_ids(
             ctx.model, state["prompt_ids"] + state["completion_ids"], max_new_tokens=max_new,
@@ -154,22 +210,22 @@ async def policy_node(state: StudentState, runtime: Runtime[StudentContext]) -> 
     if budget_cut:
         update.update(status="length", reason="max_completion_tokens reached", final_raw=out.text,
                       messages=state["messages"] + [{"role": "assistant", "content": out.text}])
-        return Command(update=update, goto=END)
+        return update
     if action.kind == "answer":
         update.update(status="answered", answer=action.answer, final_raw=out.text, final_thought=action.think,
                       messages=state["messages"] + [{"role": "assistant", "content": out.text}])
         if action.trailing:
             update["reason"] = "text after </answer>"
-        return Command(update=update, goto=END)
+        return update
     if final:
         update.update(status="turn_cap", final_raw=out.text, final_thought=action.think,
                       reason=f"no answer after the final-answer request ({action.reason or action.kind})",
                       messages=state["messages"] + [{"role": "assistant", "content": out.text}])
-        return Command(update=update, goto=END)
+        return update
     if action.kind == "search":
         update["pending"] = {"thought": action.think, "queries": action.queries, "raw": out.text,
                              "eos": out.ended_with_eos}
-        return Command(update=update, goto="search")
+        return update
 
     # malformed
     reason = action.reason or "malformed"
@@ -178,7 +234,7 @@ async def policy_node(state: StudentState, runtime: Runtime[StudentContext]) -> 
     if state.get("corrections", 0) >= MAX_CORRECTIONS:
         update.update(status="malformed", reason=reason, final_raw=out.text, final_thought=action.think,
                       messages=state["messages"] + [{"role": "assistant", "content": out.text}])
-        return Command(update=update, goto=END)
+        return update
     turns = state.get("turns", 0) + 1
     content = correction_message(action.reason)
     final_now = turns >= ctx.max_turns
@@ -190,15 +246,15 @@ async def policy_node(state: StudentState, runtime: Runtime[StudentContext]) -> 
                   corrections=state.get("corrections", 0) + 1, final_requested=final_now)
     if not fits:
         update.update(status="length", reason="max_completion_tokens reached")
-        return Command(update=update, goto=END)
-    return Command(update=update, goto="policy")
+        return update
+    return update
 
 
-async def search_node(state: StudentState, runtime: Runtime[StudentContext]) -> Command[Literal["policy", "__end__"]]:
+async def search_node(state: StudentState, runtime: Runtime[StudentContext]) -> dict[str, Any]:
     from masksearch.retrieval.tool import SearchError, format_documents, search_with_retry
 
-    ctx = runtime.context
-    pending = state["pending"] or {}
+    ctx = await _context(runtime)
+    pending = state.get("pending") or {}
     queries = list(pending.get("queries", []))
     error = None
     documents: list[Document] = []
@@ -226,16 +282,34 @@ async def search_node(state: StudentState, runtime: Runtime[StudentContext]) -> 
                   final_requested=final_now, pending=None)
     if not fits:
         update.update(status="length", reason="max_completion_tokens reached")
-        return Command(update=update, goto=END)
-    return Command(update=update, goto="policy")
+        return update
+    return update
+
+
+# ------------------------------------------------------------------------------ routing
+# The nodes return plain updates and these edges route on the state, so an edit of the state
+# (``update_state``: Studio's state editor, time travel, an edit while paused before ``search``)
+# routes again from the edited values, as the teacher's fan-out edge does.
+def after_policy(state: StudentState) -> Literal["search", "policy", "__end__"]:
+    """End once the run has a final status; search when the turn asked for it (``pending``);
+    otherwise (a correction was sent) ask the policy again."""
+    if state.get("status", "running") != "running":
+        return END
+    return "search" if state.get("pending") else "policy"
+
+
+def after_search(state: StudentState) -> Literal["policy", "__end__"]:
+    return END if state.get("status", "running") != "running" else "policy"
 
 
 def build_student_graph(checkpointer: Any = None):
-    """The compiled student graph (``context_schema=StudentContext``)."""
-    g = StateGraph(StudentState, context_schema=StudentContext)
+    """The compiled student graph (``context_schema=StudentContext``, input ``StudentInput``)."""
+    g = StateGraph(StudentState, context_schema=StudentContext, input_schema=StudentInput)
     g.add_node("policy", policy_node)
     g.add_node("search", search_node)
     g.add_edge(START, "policy")
+    g.add_conditional_edges("policy", after_policy, ["search", "policy", END])
+    g.add_conditional_edges("search", after_search, ["policy", END])
     return g.compile(checkpointer=checkpointer, name="student")
 
 
@@ -250,6 +324,24 @@ def _default_graph():
 
 
 # ------------------------------------------------------------------------------ running
+def example_input(example: QAExample) -> StudentInput:
+    """The graph input for ``example`` (a :class:`StudentInput`)."""
+    return dataclasses.asdict(example)  # type: ignore[return-value]
+
+
+def example_from_input(state: Mapping[str, Any]) -> QAExample:
+    """The :class:`QAExample` of a run's input; only ``question`` is required."""
+    q = state.get("question")
+    if not isinstance(q, str) or not q.strip():
+        raise MaskSearchError('the student graph\'s input needs a question: {"question": "..."}')
+    gold = state.get("golden_answers") or []
+    if isinstance(gold, str):
+        gold = [gold]
+    return QAExample(id=str(state.get("id") or uuid.uuid4().hex[:12]), question=q.strip(),
+                     golden_answers=[str(g) for g in gold], answer_match=str(state.get("answer_match") or "any"),
+                     source=str(state.get("source") or ""), metadata=dict(state.get("metadata") or {}))
+
+
 def initial_state(example: QAExample, context: StudentContext) -> StudentState:
     messages = []
     if context.system_prompt:
@@ -268,9 +360,10 @@ def initial_state(example: QAExample, context: StudentContext) -> StudentState:
 
 
 def _provenance(example: QAExample, context: StudentContext) -> Provenance:
-    name = context.name or model_name(context.model)
-    retr = getattr(context.retriever, "spec", None) or type(context.retriever).__name__
-    return Provenance(graph="student", teacher=name, models={"policy": model_name(context.model)},
+    policy = context.model if isinstance(context.model, str) else model_name(context.model)
+    retr = context.retriever if isinstance(context.retriever, str) else (
+        getattr(context.retriever, "spec", None) or type(context.retriever).__name__)
+    return Provenance(graph="student", teacher=context.name or policy, models={"policy": policy},
                       retriever=str(retr), example_id=example.id, source=example.source, round=context.round)
 
 
@@ -306,7 +399,7 @@ async def arun_student(example: QAExample, context: StudentContext, graph: Any =
     if getattr(graph, "checkpointer", None) is not None:
         cfg.setdefault("configurable", {}).setdefault("thread_id", example.id)
     try:
-        state = await graph.ainvoke(initial_state(example, context), config=cfg, context=context)
+        state = await graph.ainvoke(example_input(example), config=cfg, context=await context.aresolved())
     except Exception as e:  # a broken model or retriever must not take a whole batch down
         traj = trajectory_from_state(example, context, {"status": "error"})
         traj.reason = f"{type(e).__name__}: {e}"
@@ -350,6 +443,10 @@ def run_student_batch(examples: Sequence[QAExample], context: StudentContext, co
 
 
 __all__ = [
-    "StudentContext", "StudentState", "build_student_graph", "run_student", "arun_student",
+    "StudentContext", "StudentState", "StudentInput", "example_input", "example_from_input", "graph", "build_student_graph", "run_student", "arun_student",
     "run_student_batch", "arun_student_batch", "trajectory_from_state", "initial_state",
 ]
+
+
+# LangGraph server / Studio entry point (langgraph.json); the context defaults run as they are.
+graph = build_student_graph()

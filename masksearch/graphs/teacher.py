@@ -30,20 +30,21 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Mapping, TypedDict
+from typing import Annotated, Any, Literal, Mapping
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
+from typing_extensions import NotRequired, TypedDict
 
 from masksearch.agents import judge as judge_mod
 from masksearch.agents import teacher as roles
+from masksearch.graphs import resources
+from masksearch.graphs.resources import DEFAULT_MODEL, SHARED_BM25
 from masksearch.protocol import information_block
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
 from masksearch.utils.names import spec_name
-
-DEFAULT_MODEL = "smollm2"
 
 
 # ----------------------------------------------------------------------------- run context
@@ -63,12 +64,14 @@ class TeacherContext:
     ``models`` is one model for every role, or a role -> model mapping (``"default"`` fills the
     roles not named); each model is a spec string for :func:`masksearch.models.make_chat_model` or
     a LangChain ``BaseChatModel``.  ``retriever`` is a spec for
-    :func:`masksearch.retrieval.make_retriever` or any ``BaseRetriever``.  Specs are resolved once
-    and cached on the context.
+    :func:`masksearch.retrieval.make_retriever` (``"bm25:shared"``: the shared corpus's BM25 index,
+    built on first use into the cache) or any ``BaseRetriever``.  Specs are resolved once per
+    process and cached (:mod:`masksearch.graphs.resources`); the nodes resolve them off the event
+    loop (:meth:`aresolve`), so the LangGraph server and Studio, which send JSON, run as they are.
     """
 
     models: Any = DEFAULT_MODEL
-    retriever: Any = None
+    retriever: Any = SHARED_BM25
     k: int = 5  # documents per search query
     max_docs: int = 10  # documents kept after the round-robin merge
     max_turns: int = 5  # observer turns
@@ -80,7 +83,6 @@ class TeacherContext:
     search_retries: int = 1  # retries of a failed search (then it becomes an observation)
     name: str = ""  # teacher name recorded in the provenance (default: "llm:<models>")
     model_options: dict[str, Any] = field(default_factory=dict)  # passed to make_chat_model
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def _spec_for(self, role: str) -> Any:
         if isinstance(self.models, Mapping):
@@ -88,39 +90,43 @@ class TeacherContext:
         return self.models
 
     def model(self, role: str) -> Any:
-        spec = self._spec_for(role)
-        if not isinstance(spec, str):
-            return spec
-        key = f"model:{spec}"
-        if key not in self._cache:
-            from masksearch.models import make_chat_model
-
-            self._cache[key] = make_chat_model(spec, **self.model_options)
-        return self._cache[key]
+        """The chat model of ``role`` (a spec is loaded once per process; blocking on first use:
+        async code awaits :meth:`aresolve` first)."""
+        return resources.resolve_model(self._spec_for(role), self.model_options)
 
     def get_retriever(self) -> Any:
         if self.retriever is None:
             from masksearch.errors import MaskSearchError
 
             raise MaskSearchError("the teacher needs a retriever: pass --retriever bm25:DIR (or any BaseRetriever)")
-        if not isinstance(self.retriever, str):
-            return self.retriever
-        key = f"retriever:{self.retriever}"
-        if key not in self._cache:
-            from masksearch.retrieval import make_retriever
+        return resources.resolve_retriever(self.retriever, self.k)
 
-            self._cache[key] = make_retriever(self.retriever, k=self.k)
-        return self._cache[key]
+    def _roles(self) -> list[str]:
+        return [r for r in roles.ROLES if r != "judge" or self.llm_judge]
+
+    async def aresolve(self) -> "TeacherContext":
+        """Load every spec this run needs (role models, retriever) in a worker thread, once per
+        process; afterwards :meth:`model` and :meth:`get_retriever` return at once."""
+        for role in self._roles():
+            await resources.aresolve_model(self._spec_for(role), self.model_options)
+        if self.retriever is not None:
+            await resources.aresolve_retriever(self.retriever, self.k)
+        return self
 
     def model_specs(self) -> dict[str, str]:
-        return {r: describe_model(self._spec_for(r)) for r in roles.ROLES
-                if r != "judge" or self.llm_judge}
+        return {r: describe_model(self._spec_for(r)) for r in self._roles()}
 
     def teacher_name(self) -> str:
         if self.name:
             return self.name
         specs = sorted(set(self.model_specs().values()))
         return "llm:" + "+".join(specs)
+
+
+async def _context(runtime: Runtime[TeacherContext]) -> TeacherContext:
+    """The run's context with its specs loaded (off the event loop); a run started with no
+    context (the LangGraph server's default assistant) gets the defaults."""
+    return await (runtime.context or TeacherContext()).aresolve()
 
 
 # ----------------------------------------------------------------------------- state
@@ -139,6 +145,15 @@ def _add_counts(left: dict | None, right: dict | None) -> dict:
     for k, v in (right or {}).items():
         out[k] = out.get(k, 0) + v
     return out
+
+
+class TeacherInput(TypedDict):
+    """A run's input: a question; the gold answers (for the judge's verdict) are optional."""
+
+    question: str
+    golden_answers: NotRequired[list[str]]
+    answer_match: NotRequired[str]  # "any" (default) or "all" (every span, in order: RAMP)
+    id: NotRequired[str]
 
 
 class TeacherState(TypedDict, total=False):
@@ -185,7 +200,7 @@ def _end(update: dict, status: str, reason: str) -> Command:
 
 # ----------------------------------------------------------------------------- nodes
 async def planner(state: TeacherState, runtime: Runtime[TeacherContext]) -> Command[Literal["rewriter", "judge"]]:
-    ctx = runtime.context
+    ctx = await _context(runtime)
     msgs = roles.planner_messages(state["question"], state.get("steps", []), state.get("feedback", ""))
     call = await roles.call_role(ctx.model("planner"), "planner", msgs, roles.parse_planner, ctx.retries)
     upd: dict[str, Any] = {"malformed": _counts(call.malformed, "planner")}
@@ -200,7 +215,7 @@ async def planner(state: TeacherState, runtime: Runtime[TeacherContext]) -> Comm
 
 
 async def rewriter(state: TeacherState, runtime: Runtime[TeacherContext]) -> dict[str, Any]:
-    ctx = runtime.context
+    ctx = await _context(runtime)
     sub = state["sub_query"]
     msgs = roles.rewriter_messages(state["question"], sub, ctx.n_queries)
     call = await roles.call_role(ctx.model("rewriter"), "rewriter", msgs,
@@ -232,7 +247,7 @@ def _retrieve(retriever: Any, query: str, k: int, retries: int = 1) -> list[Any]
 
 
 async def search(task: SearchTask, runtime: Runtime[TeacherContext]) -> dict[str, Any]:
-    ctx = runtime.context
+    ctx = await _context(runtime)
     try:
         docs = await asyncio.to_thread(_retrieve, ctx.get_retriever(), task["query"], ctx.k, ctx.search_retries)
         res = {"index": task["index"], "query": task["query"], "error": None,
@@ -273,7 +288,7 @@ def format_information(documents: list[dict], max_tokens: int = 512, error: str 
 
 
 def merge(state: TeacherState, runtime: Runtime[TeacherContext]) -> dict[str, Any]:
-    ctx = runtime.context
+    ctx = runtime.context or TeacherContext()
     results = sorted(state.get("results", []), key=lambda r: r["index"])
     docs = merge_round_robin([r["documents"] for r in results], ctx.max_docs)
     errors = [r["error"] for r in results if r.get("error")]
@@ -285,7 +300,7 @@ def merge(state: TeacherState, runtime: Runtime[TeacherContext]) -> dict[str, An
 
 
 async def observer(state: TeacherState, runtime: Runtime[TeacherContext]) -> Command[Literal["rewriter", "planner", "judge"]]:
-    ctx = runtime.context
+    ctx = await _context(runtime)
     turn = state.get("turn", 0) + 1
     last = state["steps"][-1]
     msgs = roles.observer_messages(state["question"], state.get("thoughts", []), state.get("sub_query", ""),
@@ -313,7 +328,7 @@ async def observer(state: TeacherState, runtime: Runtime[TeacherContext]) -> Com
 
 
 async def judge(state: TeacherState, runtime: Runtime[TeacherContext]) -> dict[str, Any]:
-    ctx = runtime.context
+    ctx = await _context(runtime)
     verdicts: dict[str, Any] = {"string": judge_mod.string_verdict(
         state.get("answer"), state.get("golden_answers", []), state.get("answer_match", "any"))}
     if ctx.llm_judge and state.get("answer"):
@@ -324,7 +339,7 @@ async def judge(state: TeacherState, runtime: Runtime[TeacherContext]) -> dict[s
 
 def build_teacher_graph(checkpointer: Any = None) -> Any:
     """Compile the teacher graph (optionally with a checkpointer for resume / inspection)."""
-    g = StateGraph(TeacherState, context_schema=TeacherContext)
+    g = StateGraph(TeacherState, context_schema=TeacherContext, input_schema=TeacherInput)
     g.add_node("planner", planner)
     g.add_node("rewriter", rewriter)
     g.add_node("search", search)
@@ -486,5 +501,5 @@ def run_teacher(example: Any, context: TeacherContext, **kw: Any) -> Trajectory:
     return run_sync(arun_teacher(example, context, **kw))
 
 
-# LangGraph CLI / Studio entry point (see langgraph.json); pass a TeacherContext as the run context.
+# LangGraph server / Studio entry point (langgraph.json); the context defaults run as they are.
 graph = build_teacher_graph()
