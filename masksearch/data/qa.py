@@ -1,8 +1,10 @@
 """Question records shared by every stage: RAMP examples and benchmark questions alike.
 
 :func:`load_qa` reads the shared benchmark format (``id, question, golden_answers``, optional
-``answer_match: "all"``) and RAMP files (``id, question, answers, mask_count``) into
-:class:`QAExample`; bad lines are counted and skipped.
+``answer_match``) and RAMP files (``id, question, answers, mask_count``) into :class:`QAExample`;
+bad lines are counted and skipped.  ``answer_match`` is the match rule of
+:mod:`masksearch.scoring`: ``"any"`` (alternatives), ``"all"`` (every string, any order: FanoutQA)
+or ``"ordered"`` (every string, in order: RAMP masks, the default of a RAMP record).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class QAExample:
     id: str
     question: str
     golden_answers: list[str]
-    answer_match: str = "any"  # "any": alternatives; "all": every string is required (FanoutQA, RAMP)
+    answer_match: str = "any"  # "any": alternatives; "all": every string, any order (FanoutQA); "ordered": RAMP
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -38,7 +40,8 @@ def qa_from_record(rec: dict[str, Any], source: str = "") -> QAExample:
         match = rec.get("answer_match", "any")
     elif "answers" in rec:  # RAMP: every masked span must be restored, in order
         gold = rec["answers"]
-        match = rec.get("answer_match", "all")
+        match = rec.get("answer_match", "ordered")
+        source = source or "ramp"
     elif "answer" in rec:
         gold = rec["answer"]
         match = "any"

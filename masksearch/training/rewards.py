@@ -5,81 +5,39 @@ TRL calls every reward function with the prompts, the decoded completions and, a
 returns.  The fields these functions read (all optional, with a fallback to the completion text):
 
 * ``golden_answers`` – list of gold strings per completion (dataset column or rollout field);
-* ``answer_match`` – ``"any"`` (alternatives, best one counts) or ``"all"`` (every string is
-  required: RAMP masks, in order; FanoutQA lists, in any order);
-* ``mask_count`` – RAMP examples have one; its presence makes ``"all"`` matching ordered;
+* ``answer_match`` – ``"any"`` (alternatives, best one counts), ``"all"`` (every string, any
+  order: FanoutQA) or ``"ordered"`` (every string, in order: RAMP masks);
+* ``mask_count`` – RAMP examples have one; a RAMP record that says ``"all"`` is ``"ordered"``;
 * ``answer`` – the rollout's final answer (else the last ``<answer>`` of the completion text);
 * ``status`` / ``trajectory`` – the rollout's status and the :class:`Trajectory` as a dict;
 * ``num_model_tokens`` – tokens the policy generated (environment tokens excluded).
 
-Scoring follows the paper: the answer reward is *token recall* — the fraction of gold tokens
-(after SQuAD normalisation) found in the predicted answer.  Multi-span answers (``" | "``) are
-compared span by span.  All metrics here are pure functions (``token_recall``, ``f1_score``,
-``exact_match``, ``score_answer``) so they can be tested and reused.
+Every answer score comes from :mod:`masksearch.scoring` (the project's one scorer, shared with the
+teacher's acceptance verdict and the evaluation metrics), under the question's match rule
+(:func:`masksearch.scoring.match_rule`: ``any`` / ``all`` / ``ordered``).  The paper's answer reward
+is token recall; :func:`recall_reward` caps it by the answer's precision
+(:func:`masksearch.scoring.capped_recall`), so listing candidates or hedging does not earn the
+full reward.
 """
 
 from __future__ import annotations
 
-import collections
 import re
-import string
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from masksearch.protocol import parse_action, split_answer
+from masksearch.agents.judge import LLMJudge
+from masksearch.agents.judge import parse_verdict as parse_verdict  # re-exported: the one judge parser
+from masksearch.protocol import parse_action
+from masksearch.scoring import capped_recall, match_rule, score
+from masksearch.scoring import exact_match as exact_match  # re-exported pairwise metrics
+from masksearch.scoring import f1 as f1_score
+from masksearch.scoring import token_recall as token_recall
 
 RewardFunc = Callable[..., list[float]]
 
-# --------------------------------------------------------------------------- normalisation
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCT = set(string.punctuation)
-
-
-def normalize_answer(s: str | None) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    if not s:
-        return ""
-    s = s.lower()
-    s = "".join(ch if ch not in _PUNCT else " " for ch in s)
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
-
-
-def _tokens(s: str | None) -> list[str]:
-    return normalize_answer(s).split()
-
-
-def token_recall(pred: str | None, gold: str) -> float:
-    """Fraction of the gold answer's tokens that appear in the prediction (multiset)."""
-    g = _tokens(gold)
-    if not g:
-        return 0.0
-    p = collections.Counter(_tokens(pred))
-    hit = sum(min(c, p[t]) for t, c in collections.Counter(g).items())
-    return hit / len(g)
-
-
-def f1_score(pred: str | None, gold: str) -> float:
-    p, g = _tokens(pred), _tokens(gold)
-    if not p or not g:
-        return float(p == g and bool(g))
-    common = collections.Counter(p) & collections.Counter(g)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(p), same / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def exact_match(pred: str | None, gold: str) -> float:
-    return float(bool(normalize_answer(gold)) and normalize_answer(pred) == normalize_answer(gold))
-
-
-METRICS: dict[str, Callable[[str | None, str], float]] = {
-    "recall": token_recall,
-    "f1": f1_score,
-    "em": exact_match,
-}
+# score_answer's metric names -> keys of masksearch.scoring.score
+_METRIC_KEYS = {"recall": "token_recall", "f1": "f1", "em": "em"}
 
 
 def score_answer(
@@ -89,30 +47,16 @@ def score_answer(
     answer_match: str = "any",
     ordered: bool = True,
 ) -> float:
-    """Score one predicted answer against its gold strings.
+    """One metric (``recall``, ``f1``, ``em``) of a predicted answer, from :func:`masksearch.scoring.score`.
 
-    * ``answer_match="any"``: the best gold alternative counts.
-    * ``answer_match="all"`` with several golds (RAMP masks, FanoutQA lists): the predicted answer
-      is split on ``"|"`` into spans.  ``ordered=True`` (RAMP) compares span *i* with gold *i*;
-      ``ordered=False`` (FanoutQA) scores each gold against its best predicted span.  The score is
-      the mean over golds, except EM, which needs every gold matched.
+    ``answer_match="all"`` with ``ordered=True`` is the ``ordered`` rule (RAMP masks, span *i*
+    against gold *i*); with ``ordered=False`` it is ``all`` (each gold against its best predicted
+    span).  ``answer_match`` may also name the rule directly (``any``, ``all``, ``ordered``).
     """
-    fn = METRICS[metric]
-    golds = [str(g) for g in golds if str(g).strip()]
-    if not golds or pred is None or not str(pred).strip():
-        return 0.0
-    if answer_match != "all" or len(golds) == 1:
-        if answer_match == "all":  # a single required string
-            return fn(pred, golds[0])
-        return max(fn(pred, g) for g in golds)
-    spans = split_answer(pred) or [pred]
-    if ordered:
-        per = [fn(spans[i] if i < len(spans) else "", g) for i, g in enumerate(golds)]
-    else:
-        per = [max(fn(s, g) for s in spans) for g in golds]
-    if metric == "em":
-        return float(all(x == 1.0 for x in per))
-    return sum(per) / len(per)
+    if metric not in _METRIC_KEYS:
+        raise ValueError(f"unknown metric {metric!r}: use recall, f1 or em")
+    rule = "ordered" if answer_match == "all" and ordered else match_rule(answer_match)
+    return score(pred, golds, rule)[_METRIC_KEYS[metric]]
 
 
 # --------------------------------------------------------------------------- field access
@@ -172,12 +116,9 @@ def _golds(kwargs: dict[str, Any], i: int) -> list[str]:
     return [str(x) for x in g]
 
 
-def _match(kwargs: dict[str, Any], i: int, n_golds: int) -> tuple[str, bool]:
-    match = _field(kwargs, "answer_match", i)
-    mask_count = _field(kwargs, "mask_count", i)
-    if match is None:
-        match = "all" if mask_count else "any"
-    return str(match), mask_count is not None
+def _match(kwargs: dict[str, Any], i: int) -> str:
+    """The completion's match rule (``any`` / ``all`` / ``ordered``) from its fields."""
+    return match_rule(_field(kwargs, "answer_match", i), _field(kwargs, "mask_count", i))
 
 
 # --------------------------------------------------------------------------- format
@@ -224,27 +165,33 @@ def format_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> 
 
 
 # --------------------------------------------------------------------------- answer rewards
-def _answer_reward(metric: str) -> RewardFunc:
-    def reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-        out = []
-        for i, c in enumerate(completions):
-            golds = _golds(kwargs, i)
-            match, ordered = _match(kwargs, i, len(golds))
-            out.append(score_answer(final_answer(c, kwargs, i), golds, metric, match, ordered))
-        return out
-
-    return reward
+def _scores(completions: list[Any], kwargs: dict[str, Any], fn: Callable[[Any, list[str], str], float]) -> list[float]:
+    return [fn(final_answer(c, kwargs, i), _golds(kwargs, i), _match(kwargs, i)) for i, c in enumerate(completions)]
 
 
-recall_reward = _answer_reward("recall")
-recall_reward.__name__ = "recall_reward"
-recall_reward.__doc__ = "The paper's answer reward: fraction of gold tokens present in the final answer."
-f1_reward = _answer_reward("f1")
-f1_reward.__name__ = "f1_reward"
-f1_reward.__doc__ = "Token-level F1 of the final answer against the gold."
-em_reward = _answer_reward("em")
-em_reward.__name__ = "em_reward"
-em_reward.__doc__ = "Exact match (normalised) of the final answer."
+def make_recall_reward(min_precision: float = 2 / 3) -> RewardFunc:
+    """The answer's token recall, capped by its precision (:func:`masksearch.scoring.capped_recall`):
+    ``recall * min(1, precision / min_precision)``.  ``min_precision=0`` is the paper's plain recall."""
+
+    def recall_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        return _scores(completions, kwargs, lambda p, g, m: capped_recall(p, g, m, min_precision))
+
+    return recall_reward
+
+
+recall_reward = make_recall_reward()
+recall_reward.__doc__ = ("The paper's answer reward, token recall, capped by precision so that a hedge or a list "
+                         "of candidates does not earn it in full.")
+
+
+def f1_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+    """Token-level F1 of the final answer against the gold."""
+    return _scores(completions, kwargs, lambda p, g, m: score(p, g, m)["f1"])
+
+
+def em_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+    """Exact match (normalised) of the final answer: every span, for multi-span answers."""
+    return _scores(completions, kwargs, lambda p, g, m: score(p, g, m)["em"])
 
 
 # --------------------------------------------------------------------------- length
@@ -281,27 +228,6 @@ length_penalty = make_length_penalty()
 
 
 # --------------------------------------------------------------------------- model judge
-JUDGE_PROMPT = (
-    "You judge whether a predicted answer to a question is correct.\n"
-    "Question: {question}\nGold answer(s): {gold}\nPredicted answer: {pred}\n"
-    "Is the predicted answer correct (it states the same thing as the gold answer; for several gold "
-    "answers, all of them)? Reply with exactly one word: yes or no."
-)
-_VERDICT_RE = re.compile(r"^\W*(yes|no|correct|incorrect)\b\W*$", re.I)
-
-
-def parse_verdict(text: str | None) -> bool | None:
-    """Strict verdict parsing: the reply (after stripping ``<think>`` blocks) must be a single
-    yes/no (or correct/incorrect) word.  Anything else is ``None`` (unparseable, scored 0)."""
-    if text is None:
-        return None
-    text = re.sub(r"<think>.*?</think>", " ", str(text), flags=re.S).strip()
-    m = _VERDICT_RE.match(text)
-    if not m:
-        return None
-    return m.group(1).lower() in ("yes", "correct")
-
-
 def _question(prompt: Any, kwargs: dict[str, Any], i: int) -> str:
     q = _field(kwargs, "question", i)
     if q:
@@ -318,45 +244,41 @@ class JudgeStats:
     errors: int = 0
 
 
-def make_judge_reward(chat_model: Any, prompt: str = JUDGE_PROMPT) -> RewardFunc:
-    """A model-based judge over any LangChain chat model (``make_chat_model`` spec or object).
+def make_judge_reward(chat_model: Any, max_new_tokens: int = 128) -> RewardFunc:
+    """The project's LLM judge (:class:`masksearch.agents.judge.LLMJudge`: one prompt, one strict
+    parser) over any LangChain chat model (``make_chat_model`` spec or object), as a reward.
 
-    1.0 when the judge says yes, 0.0 for no, for an unparseable reply, for a failed call or when
-    the rollout has no answer.  Calls are sent as one ``batch`` so a batching local model serves
-    them in one ``generate``.  ``reward.stats`` counts calls, unparseable replies and errors.
+    1.0 when the judge's verdict is correct; 0.0 for incorrect, for no clear verdict, for a failed
+    call or when the rollout has no answer.  The calls go out as one ``batch`` so a batching local
+    model serves them in one ``generate``.  ``reward.stats`` counts calls, replies without a clear
+    verdict and errors.
     """
-    if isinstance(chat_model, str):
-        from masksearch.models import make_chat_model
-
-        chat_model = make_chat_model(chat_model, temperature=0.0)
+    judge = LLMJudge(chat_model, max_new_tokens=max_new_tokens)
     stats = JudgeStats()
 
     def judge_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
         out: list[float] = [0.0] * len(completions)
-        todo: list[tuple[int, str]] = []
+        items, where = [], []
         for i, c in enumerate(completions):
-            pred = final_answer(c, kwargs, i)
-            golds = _golds(kwargs, i)
-            if not pred or not golds:
-                continue
-            msg = prompt.format(question=_question(prompts[i], kwargs, i), gold=" | ".join(golds), pred=pred)
-            todo.append((i, msg))
-        if not todo:
+            pred, golds = final_answer(c, kwargs, i), _golds(kwargs, i)
+            if pred and str(pred).strip() and golds:
+                items.append((_question(prompts[i], kwargs, i), golds, pred, _match(kwargs, i)))
+                where.append(i)
+        if not items:
             return out
         try:
-            replies = chat_model.batch([[("user", m)] for _, m in todo], return_exceptions=True)
+            verdicts = judge.judge_batch(items)
         except Exception:  # noqa: BLE001 - a judge outage scores 0, it does not stop training
-            stats.errors += len(todo)
+            stats.errors += len(items)
             return out
-        for (i, _), r in zip(todo, replies):
+        for i, v in zip(where, verdicts):
             stats.calls += 1
-            if isinstance(r, Exception):
+            if isinstance(v, Exception):
                 stats.errors += 1
                 continue
-            v = parse_verdict(getattr(r, "content", r))
-            if v is None:
+            if v.correct is None:
                 stats.unparseable += 1
-            out[i] = 1.0 if v else 0.0
+            out[i] = 1.0 if v.correct else 0.0
         return out
 
     judge_reward.stats = stats  # type: ignore[attr-defined]
@@ -372,6 +294,7 @@ class RewardConfig:
     length_soft: int = 256
     length_hard: int = 512
     judge_model: Any = None  # spec string or chat model, needed when weights["judge"] > 0
+    recall_min_precision: float = 2 / 3  # 0: the paper's plain token recall
 
 
 REWARD_NAMES = ("format", "recall", "f1", "em", "length", "judge")
@@ -391,7 +314,7 @@ def build_reward_funcs(cfg: RewardConfig) -> tuple[list[RewardFunc], list[float]
         if name == "format":
             f = format_reward
         elif name == "recall":
-            f = recall_reward
+            f = make_recall_reward(cfg.recall_min_precision)
         elif name == "f1":
             f = f1_reward
         elif name == "em":
