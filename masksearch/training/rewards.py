@@ -22,11 +22,13 @@ full reward.
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from masksearch.agents.judge import LLMJudge
+from masksearch.errors import MaskSearchError
 from masksearch.agents.judge import parse_verdict as parse_verdict  # re-exported: the one judge parser
 from masksearch.protocol import parse_action
 from masksearch.scoring import capped_recall, match_rule, score
@@ -35,6 +37,10 @@ from masksearch.scoring import f1 as f1_score
 from masksearch.scoring import token_recall as token_recall
 
 RewardFunc = Callable[..., list[float]]
+
+
+class RewardSpecError(MaskSearchError, ValueError):
+    """An unknown reward name, a dotted path that does not import, or weights that do not fit."""
 
 # score_answer's metric names -> keys of masksearch.scoring.score
 _METRIC_KEYS = {"recall": "token_recall", "f1": "f1", "em": "em"}
@@ -57,6 +63,110 @@ def score_answer(
         raise ValueError(f"unknown metric {metric!r}: use recall, f1 or em")
     rule = "ordered" if answer_match == "all" and ordered else match_rule(answer_match)
     return score(pred, golds, rule)[_METRIC_KEYS[metric]]
+
+
+# --------------------------------------------------------------------------- the registry
+@dataclass
+class RewardOptions:
+    """What a parametrised reward (a registered *factory*) is built from; set in the GRPO YAML."""
+
+    length_soft: int = 256
+    length_hard: int = 512
+    judge_model: Any = None  # spec string or chat model, needed by the "judge" reward
+    recall_min_precision: float = 2 / 3  # 0: the paper's plain token recall
+
+
+@dataclass(frozen=True)
+class RegisteredReward:
+    fn: Callable[..., Any]
+    factory: bool  # fn(options) -> reward function, else fn is the reward function
+    weight: float  # the weight used when GRPOConfig.reward_weights is not given
+
+
+_REGISTRY: dict[str, RegisteredReward] = {}
+
+
+def register_reward(name: str, *, factory: bool = False, weight: float = 1.0) -> Callable[[Callable], Callable]:
+    """Decorator: make a reward available by name in ``reward_funcs``.
+
+    A reward is a TRL reward function ``f(prompts, completions, **kwargs) -> list[float]``; with
+    ``factory=True`` the decorated function instead takes a :class:`RewardOptions` and returns
+    one.  ``weight`` is its default weight when ``GRPOConfig.reward_weights`` is not set.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise RewardSpecError(f"a reward named {name!r} is already registered")
+        _REGISTRY[name] = RegisteredReward(fn, factory, float(weight))
+        return fn
+
+    return deco
+
+
+def reward_names() -> list[str]:
+    """The registered reward names, in registration order."""
+    return list(_REGISTRY)
+
+
+def _import_reward(path: str) -> Callable[..., Any]:
+    """``pkg.mod:attr`` or ``pkg.mod.attr`` (the longest importable module prefix) -> the object."""
+    if ":" in path:
+        mod_name, _, attr = path.partition(":")
+        candidates = [(mod_name, attr)]
+    else:
+        parts = path.split(".")
+        candidates = [(".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts) - 1, 0, -1)]
+    error: Exception | None = None
+    for mod_name, attr in candidates:
+        if not mod_name or not attr:
+            continue
+        try:
+            obj: Any = importlib.import_module(mod_name)
+        except ImportError as e:
+            error = error or e
+            continue
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise RewardSpecError(f"reward {path!r}: module {mod_name!r} has no {attr!r}")
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise RewardSpecError(f"reward {path!r} is not callable")
+        return obj
+    if error is None:
+        raise RewardSpecError(f"reward {path!r} is not a dotted path: write pkg.module:function or pkg.module.function")
+    raise RewardSpecError(f"reward {path!r}: cannot import module ({error})") from error
+
+
+def get_reward(spec: str | Callable[..., Any], options: RewardOptions | None = None) -> RewardFunc:
+    """A reward function from a registered name (``format``, ``recall``, ...), a dotted import path
+    (``pkg.mod:func`` or ``pkg.mod.func``, TRL's convention) or a callable (returned as is)."""
+    if callable(spec):
+        return spec
+    name = str(spec).strip()
+    entry = _REGISTRY.get(name)
+    if entry is not None:
+        return entry.fn(options or RewardOptions()) if entry.factory else entry.fn
+    if ":" in name or "." in name:
+        return _import_reward(name)
+    raise RewardSpecError(f"unknown reward {name!r}; choose from {', '.join(_REGISTRY)} "
+                          f"or give a dotted import path (pkg.module:function)")
+
+
+def build_rewards(specs: Sequence[str | Callable[..., Any]], weights: Sequence[float] | None = None,
+                  options: RewardOptions | None = None) -> tuple[list[RewardFunc], list[float]]:
+    """The reward functions for ``GRPOTrainer(reward_funcs=...)`` and their weights for
+    ``GRPOConfig.reward_weights``.  Without ``weights`` each reward gets its registered default
+    weight (``format`` 0.5, the others 1.0; 1.0 for an imported one)."""
+    if not specs:
+        raise RewardSpecError("no reward functions: give reward_funcs, e.g. [format, recall]")
+    if weights is not None and len(weights) != len(specs):
+        raise RewardSpecError(f"reward_weights has {len(weights)} entries but reward_funcs has {len(specs)}: "
+                              "give one weight per reward")
+    funcs = [get_reward(s, options) for s in specs]
+    if weights is None:
+        weights = [_REGISTRY[str(s).strip()].weight if not callable(s) and str(s).strip() in _REGISTRY else 1.0
+                   for s in specs]
+    return funcs, [float(w) for w in weights]
 
 
 # --------------------------------------------------------------------------- field access
@@ -154,6 +264,7 @@ def format_ok_trajectory(traj: dict[str, Any]) -> bool:
     return turn_is_well_formed(final, "answer") if final else True
 
 
+@register_reward("format", weight=0.5)
 def format_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
     """1.0 for a well-formed rollout that ends in an answer with nothing after it, else 0.0."""
     out = []
@@ -184,11 +295,18 @@ recall_reward.__doc__ = ("The paper's answer reward, token recall, capped by pre
                          "of candidates does not earn it in full.")
 
 
+@register_reward("recall", factory=True)
+def _recall(options: RewardOptions) -> RewardFunc:
+    return make_recall_reward(options.recall_min_precision)
+
+
+@register_reward("f1")
 def f1_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
     """Token-level F1 of the final answer against the gold."""
     return _scores(completions, kwargs, lambda p, g, m: score(p, g, m)["f1"])
 
 
+@register_reward("em")
 def em_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
     """Exact match (normalised) of the final answer: every span, for multi-span answers."""
     return _scores(completions, kwargs, lambda p, g, m: score(p, g, m)["em"])
@@ -225,6 +343,11 @@ def make_length_penalty(soft: int = 256, hard: int = 512, cut_penalty: float = 1
 
 
 length_penalty = make_length_penalty()
+
+
+@register_reward("length", factory=True)
+def _length(options: RewardOptions) -> RewardFunc:
+    return make_length_penalty(options.length_soft, options.length_hard)
 
 
 # --------------------------------------------------------------------------- model judge
@@ -285,51 +408,33 @@ def make_judge_reward(chat_model: Any, max_new_tokens: int = 128) -> RewardFunc:
     return judge_reward
 
 
+@register_reward("judge", factory=True)
+def _judge(options: RewardOptions) -> RewardFunc:
+    if options.judge_model is None:
+        raise RewardSpecError("the 'judge' reward needs a judge model (judge_model: SPEC)")
+    return make_judge_reward(options.judge_model)
+
+
 # --------------------------------------------------------------------------- combination
 @dataclass
-class RewardConfig:
-    """Weights of the reward terms (0 drops a term) and the length penalty's shape."""
+class RewardConfig(RewardOptions):
+    """Rewards by name with their weights (0 drops a term), plus the options of parametrised ones;
+    the Python face of ``reward_funcs`` + ``reward_weights``."""
 
     weights: dict[str, float] = field(default_factory=lambda: {"format": 0.5, "recall": 1.0})
-    length_soft: int = 256
-    length_hard: int = 512
-    judge_model: Any = None  # spec string or chat model, needed when weights["judge"] > 0
-    recall_min_precision: float = 2 / 3  # 0: the paper's plain token recall
-
-
-REWARD_NAMES = ("format", "recall", "f1", "em", "length", "judge")
 
 
 def build_reward_funcs(cfg: RewardConfig) -> tuple[list[RewardFunc], list[float]]:
-    """The reward functions with non-zero weight and their weights, in TRL's form
-    (``GRPOTrainer(reward_funcs=...)`` and ``GRPOConfig.reward_weights``); TRL logs each term
-    as ``rewards/<name>/mean``."""
-    funcs: list[RewardFunc] = []
-    weights: list[float] = []
-    for name, w in cfg.weights.items():
-        if name not in REWARD_NAMES:
-            raise ValueError(f"unknown reward {name!r}; choose from {', '.join(REWARD_NAMES)}")
-        if not w:
-            continue
-        if name == "format":
-            f = format_reward
-        elif name == "recall":
-            f = make_recall_reward(cfg.recall_min_precision)
-        elif name == "f1":
-            f = f1_reward
-        elif name == "em":
-            f = em_reward
-        elif name == "length":
-            f = make_length_penalty(cfg.length_soft, cfg.length_hard)
-        else:
-            if cfg.judge_model is None:
-                raise ValueError("reward weight 'judge' > 0 needs a judge model (judge_model: SPEC)")
-            f = make_judge_reward(cfg.judge_model)
-        funcs.append(f)
-        weights.append(float(w))
-    if not funcs:
-        raise ValueError("every reward weight is 0: give at least one reward a weight")
-    return funcs, weights
+    """The rewards of ``cfg.weights`` with a non-zero weight, and their weights (TRL's form:
+    ``GRPOTrainer(reward_funcs=...)`` and ``GRPOConfig.reward_weights``); TRL logs each term as
+    ``rewards/<name>/mean``."""
+    for name in cfg.weights:
+        if name not in _REGISTRY and ":" not in name and "." not in name:
+            get_reward(name)  # raises: unknown reward, with the registered names
+    items = [(name, w) for name, w in cfg.weights.items() if w]
+    if not items:
+        raise RewardSpecError("every reward weight is 0: give at least one reward a weight")
+    return build_rewards([n for n, _ in items], [w for _, w in items], cfg)
 
 
 def combine_rewards(funcs: Sequence[RewardFunc], weights: Sequence[float]) -> RewardFunc:
