@@ -159,7 +159,7 @@ def test_hedges_do_not_earn_the_full_reward():
 def test_paris_1900_scores_the_same_in_verdict_rewards_and_metrics(fields, expected_em, expected_recall):
     from masksearch.agents.judge import string_verdict
     from masksearch.eval.metrics import score as metric_score
-    from masksearch.training.rewards import em_reward, recall_reward
+    from masksearch.training.rewards import em_reward, recall_reward, score_answer
 
     pred, golds = "Paris | 1900", ["1900", "Paris"]
     v = string_verdict(pred, golds, fields["answer_match"], fields.get("mask_count"))
@@ -167,6 +167,9 @@ def test_paris_1900_scores_the_same_in_verdict_rewards_and_metrics(fields, expec
     kw = {"golden_answers": [golds], "answer": [pred], **{k: [v_] for k, v_ in fields.items()}}
     assert v["em"] == m["em"] == em_reward(["q"], ["x"], **kw)[0] == expected_em
     assert v["recall"] == m["token_recall"] == expected_recall
+    if "mask_count" not in fields:  # the reward's scorer, called with the same rule
+        assert score_answer(pred, golds, "recall", fields["answer_match"]) == expected_recall
+        assert score_answer(pred, golds, "em", fields["answer_match"]) == expected_em
     # the reward is the same recall, capped by precision (1/2 under "any")
     cap = 0.75 if fields["answer_match"] == "any" else 1.0
     assert recall_reward(["q"], ["x"], **kw)[0] == pytest.approx(expected_recall * cap)

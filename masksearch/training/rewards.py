@@ -51,17 +51,19 @@ def score_answer(
     golds: Sequence[str],
     metric: str = "recall",
     answer_match: str = "any",
-    ordered: bool = True,
+    ordered: bool | None = None,
 ) -> float:
-    """One metric (``recall``, ``f1``, ``em``) of a predicted answer, from :func:`masksearch.scoring.score`.
+    """One metric (``recall``, ``f1``, ``em``) of a predicted answer, from :func:`masksearch.scoring.score`,
+    under the match rule ``answer_match`` (``any``, ``all`` or ``ordered``), as everywhere else.
 
-    ``answer_match="all"`` with ``ordered=True`` is the ``ordered`` rule (RAMP masks, span *i*
-    against gold *i*); with ``ordered=False`` it is ``all`` (each gold against its best predicted
-    span).  ``answer_match`` may also name the rule directly (``any``, ``all``, ``ordered``).
+    ``ordered`` overrides ``all``: ``True`` makes it ``ordered`` (span *i* against gold *i*),
+    ``False`` keeps ``all`` (each gold against its best predicted span).
     """
     if metric not in _METRIC_KEYS:
         raise ValueError(f"unknown metric {metric!r}: use recall, f1 or em")
-    rule = "ordered" if answer_match == "all" and ordered else match_rule(answer_match)
+    rule = match_rule(answer_match)
+    if rule in ("all", "ordered") and ordered is not None:
+        rule = "ordered" if ordered else "all"
     return score(pred, golds, rule)[_METRIC_KEYS[metric]]
 
 
