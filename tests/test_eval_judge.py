@@ -82,3 +82,14 @@ def test_one_judge_prompt_and_parser_for_teacher_reward_and_eval():
     sent = [[(type(m).__name__, m.content) for m in msgs] for role, msgs in model.calls]
     assert len(sent) == 3 and sent[0] == sent[1] == sent[2]
     assert "in this order" in sent[0][1][1] and "1889 | Gustave Eiffel" in sent[0][1][1]
+
+
+def test_judge_prompt_says_how_several_golds_count():
+    from masksearch.agents.judge import judge_messages
+
+    user = {m: judge_messages("q?", ["A", "B"], "A", m)[1]["content"] for m in ("any", "all", "ordered", None)}
+    assert "A OR B" in user["any"] and "alternatives" in user["any"]
+    assert "A | B" in user["all"] and "any order" in user["all"]
+    assert "in this order" in user["ordered"]
+    assert "A | B" in user[None] and "required" not in user[None] and "alternatives" not in user[None]  # no claim
+    assert "alternatives" not in judge_messages("q?", ["A"], "A", "any")[1]["content"]  # one gold: no note

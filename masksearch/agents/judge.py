@@ -71,9 +71,11 @@ def judge_messages(question: str, golds: Sequence[str], prediction: str | None,
     from masksearch.agents.prompts import JUDGE_MATCH_NOTES, JUDGE_SYSTEM, JUDGE_USER
 
     golds = [str(g) for g in golds]
-    rule = answer_match if answer_match in MATCH_RULES else "any"
-    note = JUDGE_MATCH_NOTES[rule] if len(golds) > 1 else ""
-    sep = " OR " if rule == "any" else " | "
+    if answer_match is not None and answer_match not in MATCH_RULES:
+        raise ValueError(f"unknown answer_match {answer_match!r}: use one of {', '.join(MATCH_RULES)}")
+    # no rule given (a caller that does not know it): the golds are shown without a claim
+    note = JUDGE_MATCH_NOTES[answer_match] if answer_match and len(golds) > 1 else ""
+    sep = " OR " if answer_match == "any" else " | "
     return [
         {"role": "system", "content": JUDGE_SYSTEM},
         {"role": "user", "content": JUDGE_USER.format(
@@ -149,9 +151,10 @@ class LLMJudge:
 
 
 async def allm_verdict(model: Any, question: str, gold: Sequence[str], pred: str | None,
-                       answer_match: str | None = "any") -> dict[str, Any]:
+                       answer_match: str | None = None) -> dict[str, Any]:
     """The teacher's judge node: ``{"correct": bool | None, "raw": reply}``; ``correct`` is None
-    when the reply holds no single clear verdict or the call failed (``error`` says why)."""
+    when the reply holds no single clear verdict or the call failed (``error`` says why).
+    Give ``answer_match`` (``any``/``all``/``ordered``) so the prompt says how several golds count."""
     if not pred:
         return {"correct": False, "raw": "", "reason": "no answer"}
     try:
