@@ -181,6 +181,8 @@ def test_ramp_records_load_as_ordered():
     ex = qa_from_record({"id": "r", "question": "[mask] was built in [mask].", "answers": ["It", "1889"],
                          "mask_count": 2})
     assert ex.answer_match == "ordered" and ex.source == "ramp"
+    with pytest.raises(ValueError, match="bad answer_match"):  # counted and skipped by load_qa
+        qa_from_record({"question": "q?", "golden_answers": ["a"], "answer_match": "some"})
 
 
 # ------------------------------------------------------------------ one normaliser, core layer

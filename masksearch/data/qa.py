@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from masksearch.scoring import MATCH_RULES
 from masksearch.utils.jsonl import ReadStats, iter_jsonl
 
 
@@ -37,16 +38,18 @@ def qa_from_record(rec: dict[str, Any], source: str = "") -> QAExample:
         raise ValueError("missing question")
     if "golden_answers" in rec:
         gold = rec["golden_answers"]
-        match = rec.get("answer_match", "any")
+        match = rec.get("answer_match") or "any"
     elif "answers" in rec:  # RAMP: every masked span must be restored, in order
         gold = rec["answers"]
-        match = rec.get("answer_match", "ordered")
+        match = rec.get("answer_match") or "ordered"
         source = source or "ramp"
     elif "answer" in rec:
         gold = rec["answer"]
         match = "any"
     else:
         raise ValueError("missing golden_answers/answers")
+    if match not in MATCH_RULES:
+        raise ValueError(f"bad answer_match {match!r} (use {', '.join(MATCH_RULES)})")
     if isinstance(gold, str):
         gold = [gold]
     if not isinstance(gold, list) or not all(isinstance(g, (str, int, float)) for g in gold):

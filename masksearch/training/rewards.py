@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from masksearch.agents.judge import LLMJudge
-from masksearch.errors import MaskSearchError
 from masksearch.agents.judge import parse_verdict as parse_verdict  # re-exported: the one judge parser
+from masksearch.errors import MaskSearchError
 from masksearch.protocol import parse_action
 from masksearch.scoring import capped_recall, match_rule, score
 from masksearch.scoring import exact_match as exact_match  # re-exported pairwise metrics
