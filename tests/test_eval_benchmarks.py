@@ -125,5 +125,5 @@ def test_ramp_files_evaluate_like_any_benchmark(tmp_path):
     p = tmp_path / "heldout.jsonl"
     p.write_text('{"id": "r1", "question": "Fill [mask] and [mask].", "answers": ["1945", "Berlin"], "mask_count": 2}\n')
     (ex,) = load_benchmark(str(p))
-    assert ex.golden_answers == ["1945", "Berlin"] and ex.answer_match == "all"
+    assert ex.golden_answers == ["1945", "Berlin"] and ex.answer_match == "ordered"
     assert ex.metadata["mask_count"] == 2

@@ -155,11 +155,13 @@ def test_unknown_prompt_and_chat_prompts(tokenizer, retriever):
 
 def test_parse_args_reads_yaml_and_overrides():
     script, targs, margs = parse_args(["--config", "configs/grpo.yaml", "--loss_type", "dr_grpo", "--beta", "0.04",
-                                       "--mask_counts", "1", "2", "--reward_f1", "0.5"])
+                                       "--mask_counts", "1", "2", "--reward_funcs", "format", "recall", "f1",
+                                       "--reward_weights", "0.5", "1.0", "0.5"])
     assert targs.loss_type == "dr_grpo" and targs.beta == 0.04 and targs.num_generations == 4
-    assert script.mask_counts == [1, 2] and script.reward_f1 == 0.5 and margs.model_name_or_path == "smollm2"
-    w = script.reward_config().weights
-    assert w["format"] == 0.5 and w["recall"] == 1.0
+    assert script.mask_counts == [1, 2] and margs.model_name_or_path == "smollm2"
+    assert script.reward_funcs == ["format", "recall", "f1"] and targs.reward_weights == [0.5, 1.0, 0.5]
+    script, targs, _ = parse_args(["--config", "configs/grpo.yaml"])
+    assert script.reward_funcs == ["format", "recall"] and targs.reward_weights == [0.5, 1.0]
 
 
 # ---------------------------------------------------------------------------- real policy

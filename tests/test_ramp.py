@@ -193,7 +193,7 @@ def test_generate_rules_writes_valid_records(small_corpus, tmp_path):
         assert not r["masked_passage"].startswith(MASK_TOKEN)
         assert unmask(r["masked_passage"], r["answers"]) == r["passage"]
         ex = qa_from_record(r)
-        assert ex.answer_match == "all" and ex.golden_answers == r["answers"] and ex.mask_count == r["mask_count"]
+        assert ex.answer_match == "ordered" and ex.golden_answers == r["answers"] and ex.mask_count == r["mask_count"]
     # deterministic: same seed -> same file; another seed -> other examples
     s2 = R.generate_ramp(small_corpus, tmp_path / "r2.jsonl", n=40, seed=3, progress=False)
     assert (tmp_path / "r2.jsonl").read_text() == out.read_text() and s2["kept"] == 40

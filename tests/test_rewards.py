@@ -165,3 +165,41 @@ def test_mixed_curriculum_mixes():
     assert counts != sorted(counts)
     with pytest.raises(ValueError):
         CurriculumConfig(schedule="random")
+
+
+# ------------------------------------------------------------------ the registry
+def test_rewards_by_name_dotted_path_and_decorator():
+    from masksearch.training import rewards as R
+
+    funcs, weights = R.build_rewards(["format", "recall", "masksearch.training.rewards:f1_reward",
+                                      "masksearch.training.rewards.em_reward"])
+    assert [f.__name__ for f in funcs] == ["format_reward", "recall_reward", "f1_reward", "em_reward"]
+    assert weights == [0.5, 1.0, 1.0, 1.0]  # registered defaults when reward_weights is unset
+    assert R.build_rewards(["recall", "em"], [2.0, 0.5])[1] == [2.0, 0.5]
+    # a parametrised reward is built from the options
+    (plain,), _ = R.build_rewards(["recall"], options=R.RewardOptions(recall_min_precision=0))
+    assert plain(["q"], ["x"], golden_answers=[["Paris"]], answer=["Paris | London"]) == [1.0]
+    (capped,), _ = R.build_rewards(["recall"])
+    assert capped(["q"], ["x"], golden_answers=[["Paris"]], answer=["Paris | London"]) == [0.75]
+
+    @R.register_reward("shout_test", weight=0.25)
+    def shout_reward(prompts, completions, **kwargs):
+        return [1.0 if str(c).isupper() else 0.0 for c in completions]
+
+    try:
+        funcs, weights = R.build_rewards(["shout_test"])
+        assert funcs == [shout_reward] and weights == [0.25] and "shout_test" in R.reward_names()
+        assert funcs[0](["q", "q"], ["HI", "hi"]) == [1.0, 0.0]
+    finally:
+        R._REGISTRY.pop("shout_test")
+
+    with pytest.raises(R.RewardSpecError, match="unknown reward 'bogus'.*format, recall"):
+        R.build_rewards(["bogus"])
+    with pytest.raises(R.RewardSpecError, match="cannot import module"):
+        R.build_rewards(["no_such_pkg.mod:f"])
+    with pytest.raises(R.RewardSpecError, match="has no 'nope'"):
+        R.build_rewards(["masksearch.training.rewards:nope"])
+    with pytest.raises(R.RewardSpecError, match="one weight per reward"):
+        R.build_rewards(["format", "recall"], [1.0])
+    with pytest.raises(R.RewardSpecError, match="judge model"):
+        R.build_rewards(["judge"])

@@ -202,10 +202,14 @@ def test_parsers_classify_instead_of_raising():
 
 
 def test_string_verdict_span_by_span_for_ramp():
-    v = string_verdict("Louvre | Paris", ["Louvre", "Paris"], "all")
+    v = string_verdict("Louvre | Paris", ["Louvre", "Paris"], "ordered")
     assert v["em"] == 1 and v["recall"] == 1.0
-    v = string_verdict("Paris | Louvre", ["Louvre", "Paris"], "all")  # order matters
+    v = string_verdict("Paris | Louvre", ["Louvre", "Paris"], "ordered")  # RAMP masks: order matters
     assert v["em"] == 0 and v["recall"] == 0.0
-    v = string_verdict("the Louvre", ["Louvre", "Paris"], "all")
+    v = string_verdict("Paris | Louvre", ["Louvre", "Paris"], "all")  # FanoutQA-style: any order
+    assert v["em"] == 1 and v["recall"] == 1.0
+    v = string_verdict("Paris | Louvre", ["Louvre", "Paris"], "all", mask_count=2)  # a RAMP record saying "all"
+    assert v["em"] == 0 and v["match"] == "ordered"
+    v = string_verdict("the Louvre", ["Louvre", "Paris"], "ordered")
     assert v["em"] == 0 and v["recall"] == 0.5
     assert string_verdict("The Gustave Eiffel.", ["gustave eiffel", "x"], "any")["em"] == 1

@@ -6,7 +6,7 @@ Each role answers in a few XML-ish tags that :mod:`masksearch.agents.teacher` pa
 * Rewriter -> ``<queries>one search query per line</queries>``
 * Observer -> ``<think>…</think>`` then one of ``<answer>…</answer>``, ``<next>sub-query</next>``
   or ``<replan>why the plan fails</replan>``
-* Judge    -> ``<verdict>correct|incorrect</verdict>``
+* Judge    -> reasoning, then a last line ``Verdict: CORRECT`` or ``Verdict: INCORRECT``
 
 Tags instead of JSON: small models close a tag far more often than they produce valid JSON, and
 the parser can still read a reply whose final tag was cut by a token limit.
@@ -53,11 +53,31 @@ OBSERVER_SYSTEM = (
     "number or a phrase, no explanation. " + MULTI_SPAN_NOTE
 )
 
+# The one LLM judge (teacher acceptance, the GRPO judge reward and `eval --judge` all use it);
+# its reply is read by :func:`masksearch.agents.judge.parse_verdict`.
 JUDGE_SYSTEM = (
-    "You grade answers. Given a question, the gold answer(s) and a predicted answer, decide "
-    "whether the prediction means the same as the gold answer. Reply with "
-    "<verdict>correct</verdict> or <verdict>incorrect</verdict>."
+    "You grade answers to questions. You are given a question, the gold answer(s) and a predicted "
+    "answer. The prediction is correct when it states the same fact as a gold answer (wording, "
+    "abbreviations and extra detail that does not contradict it are fine). It is incorrect when it "
+    "is wrong, contradicts a gold answer, is missing, or hedges between several answers."
 )
+
+JUDGE_USER = (
+    "Question: {question}\n"
+    "Gold answer{plural}: {gold}\n"
+    "{match_note}"
+    "Predicted answer: {prediction}\n\n"
+    "Think in one or two sentences, then write the last line exactly as\n"
+    "Verdict: CORRECT\nor\nVerdict: INCORRECT"
+)
+
+JUDGE_MATCH_NOTES = {
+    "any": "(The gold answers are alternatives: matching one of them is enough.)\n",
+    "all": "(All of the gold strings are required, in any order; the prediction is correct only if it "
+           "gives every one of them.)\n",
+    "ordered": "(All of the gold strings are required, in this order; the prediction is correct only if "
+               "it gives every one of them, in order.)\n",
+}
 
 RETRY_NOTE = (
     "Your reply could not be read ({reason}). Reply again, exactly in the required format."

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Methods as rows; HotpotQA, FanoutQA, MuSiQue, 2Wiki, Bamboogle, FreshQA and Avg as columns.")
     r.add_argument("runs", nargs="+", help="eval output folders (each with results.json)")
     r.add_argument("--out", default="report", help="folder for table.md, table.csv, chart.png")
-    r.add_argument("--metric", default="token_recall", help="token_recall (default) | em | f1 | cover_em | all_match | judge")
+    r.add_argument("--metric", default="token_recall", help="token_recall (default) | em | f1 | precision | cover_em | judge")
     r.add_argument("--views", action="store_true", help="also write one HTML page per run and benchmark")
     r.set_defaults(func=cmd_report)
 

@@ -1,8 +1,10 @@
 """Question records shared by every stage: RAMP examples and benchmark questions alike.
 
 :func:`load_qa` reads the shared benchmark format (``id, question, golden_answers``, optional
-``answer_match: "all"``) and RAMP files (``id, question, answers, mask_count``) into
-:class:`QAExample`; bad lines are counted and skipped.
+``answer_match``) and RAMP files (``id, question, answers, mask_count``) into :class:`QAExample`;
+bad lines are counted and skipped.  ``answer_match`` is the match rule of
+:mod:`masksearch.scoring`: ``"any"`` (alternatives), ``"all"`` (every string, any order: FanoutQA)
+or ``"ordered"`` (every string, in order: RAMP masks, the default of a RAMP record).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from masksearch.scoring import MATCH_RULES
 from masksearch.utils.jsonl import ReadStats, iter_jsonl
 
 
@@ -19,7 +22,7 @@ class QAExample:
     id: str
     question: str
     golden_answers: list[str]
-    answer_match: str = "any"  # "any": alternatives; "all": every string is required (FanoutQA, RAMP)
+    answer_match: str = "any"  # "any": alternatives; "all": every string, any order (FanoutQA); "ordered": RAMP
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -35,15 +38,18 @@ def qa_from_record(rec: dict[str, Any], source: str = "") -> QAExample:
         raise ValueError("missing question")
     if "golden_answers" in rec:
         gold = rec["golden_answers"]
-        match = rec.get("answer_match", "any")
+        match = rec.get("answer_match") or "any"
     elif "answers" in rec:  # RAMP: every masked span must be restored, in order
         gold = rec["answers"]
-        match = rec.get("answer_match", "all")
+        match = rec.get("answer_match") or "ordered"
+        source = source or "ramp"
     elif "answer" in rec:
         gold = rec["answer"]
         match = "any"
     else:
         raise ValueError("missing golden_answers/answers")
+    if match not in MATCH_RULES:
+        raise ValueError(f"bad answer_match {match!r} (use {', '.join(MATCH_RULES)})")
     if isinstance(gold, str):
         gold = [gold]
     if not isinstance(gold, list) or not all(isinstance(g, (str, int, float)) for g in gold):

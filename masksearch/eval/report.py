@@ -20,7 +20,7 @@ from masksearch.errors import MaskSearchError
 from masksearch.eval.metrics import HEADLINE_METRIC
 
 METRIC_NAMES = {"token_recall": "token recall", "em": "EM", "f1": "F1", "cover_em": "cover-EM",
-                "all_match": "all-strings", "judge": "LLM judge"}
+                "precision": "precision", "judge": "LLM judge"}
 
 
 class ReportError(MaskSearchError, ValueError):

@@ -29,6 +29,7 @@ from masksearch.data.benchmarks import benchmark_name, load_benchmark
 from masksearch.data.qa import QAExample
 from masksearch.eval.baselines import make_method, spec_name
 from masksearch.eval.metrics import METRICS, aggregate, score
+from masksearch.scoring import example_match
 from masksearch.trajectory import Trajectory
 from masksearch.utils.jsonl import ReadStats, ResumableJsonlWriter, iter_jsonl
 
@@ -118,7 +119,7 @@ async def _run_benchmark(method: Any, examples: Sequence[QAExample], bench: str,
                     raise RuntimeError(traj.reason or "run ended with status error")
                 verdict = None
                 if judge is not None:
-                    v = await judge.ajudge(ex.question, ex.golden_answers, traj.answer, ex.answer_match)
+                    v = await judge.ajudge(ex.question, ex.golden_answers, traj.answer, example_match(ex))
                     verdict = v.to_dict()
                 writer.write(prediction_record(ex, traj, bench, time.perf_counter() - t0, verdict))
             except Exception as e:  # noqa: BLE001 - one bad question must not end the run

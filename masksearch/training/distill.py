@@ -76,7 +76,7 @@ def judge_student_run(traj: Any, accept: Any = "em") -> tuple[bool, str]:
     info = "\n".join(s.information or "" for s in traj.steps if not s.error)
     missing = [g for g in traj.golden_answers if not contains_span(info, g)]
     traj.verdicts["string"] = string_verdict(traj.answer, traj.golden_answers,
-                                             traj.metadata.get("answer_match", "any"))
+                                             traj.metadata.get("answer_match"), traj.metadata.get("mask_count"))
     traj.verdicts["grounded"] = {"ok": not missing, "missing": missing}
     ok, why = AcceptFilter.parse(accept).check(traj)
     traj.metadata.update(accepted=ok, accept_reason=why)

@@ -34,7 +34,7 @@ from masksearch.data.qa import QAExample, load_qa, qa_from_record
 from masksearch.errors import MaskSearchError
 from masksearch.utils.aio import run_sync
 from masksearch.training.curriculum import CurriculumConfig, curriculum_order
-from masksearch.training.rewards import RewardConfig, build_reward_funcs
+from masksearch.training.rewards import RewardOptions, build_rewards
 
 log = logging.getLogger(__name__)
 
@@ -474,12 +474,11 @@ class GRPOScriptArguments:
     max_turns: int = field(default=4, metadata={"help": "Turn cap of the student graph."})
     max_new_tokens: int = field(default=128, metadata={"help": "Tokens per policy turn."})
     info_max_tokens: int = field(default=256, metadata={"help": "Token budget of one <information> block."})
-    reward_format: float = 0.5
-    reward_recall: float = 1.0
-    reward_f1: float = 0.0
-    reward_em: float = 0.0
-    reward_length: float = 0.0
-    reward_judge: float = 0.0
+    reward_funcs: list[str] = field(default_factory=lambda: ["format", "recall"], metadata={
+        "help": "Rewards by name (format, recall, f1, em, length, judge) or dotted path pkg.mod:func; "
+                "weights in GRPOConfig.reward_weights (unset: format 0.5, the others 1.0)."})
+    recall_min_precision: float = field(default=2 / 3, metadata={
+        "help": "The recall reward is scaled by min(1, precision / this); 0 = the paper's plain recall."})
     length_soft: int = 256
     length_hard: int = 512
     judge_model: str | None = field(default=None, metadata={"help": "Chat model spec for the judge reward."})
@@ -487,11 +486,9 @@ class GRPOScriptArguments:
     rollout_backend: str = field(default="policy", metadata={
         "help": "policy: the trainer's model through the batching LocalChatModel; vllm: TRL's vLLM server."})
 
-    def reward_config(self) -> RewardConfig:
-        return RewardConfig(
-            weights={"format": self.reward_format, "recall": self.reward_recall, "f1": self.reward_f1,
-                     "em": self.reward_em, "length": self.reward_length, "judge": self.reward_judge},
-            length_soft=self.length_soft, length_hard=self.length_hard, judge_model=self.judge_model)
+    def reward_options(self) -> RewardOptions:
+        return RewardOptions(length_soft=self.length_soft, length_hard=self.length_hard,
+                             judge_model=self.judge_model, recall_min_precision=self.recall_min_precision)
 
 
 def resolve_model_path(spec: str) -> str:
@@ -585,7 +582,7 @@ def run_grpo(
     if script.curriculum != "none":
         training_args.shuffle_dataset = False  # the curriculum is the order
     dataset = build_dataset(examples, script, training_args)
-    funcs, weights = build_reward_funcs(script.reward_config())
+    funcs, weights = build_rewards(script.reward_funcs, training_args.reward_weights, script.reward_options())
     for f, w in extra_rewards:
         funcs, weights = [*funcs, f], [*weights, float(w)]
     training_args.reward_weights = weights

@@ -20,7 +20,8 @@ import re
 import time
 from typing import Any
 
-from masksearch.agents.judge import normalize, string_verdict
+from masksearch.agents.judge import string_verdict
+from masksearch.scoring import span_in_text
 from masksearch.graphs.teacher import _as_example, _retrieve, describe_retriever, format_information
 from masksearch.protocol import MASK_TOKEN, join_answers
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
@@ -53,8 +54,7 @@ def sentence_query(sentence: str, max_words: int = 40) -> str:
 
 def contains_span(information: str, span: str) -> bool:
     """Whether ``span`` occurs in ``information`` (normalised, on word boundaries)."""
-    s = normalize(span)
-    return bool(s) and f" {s} " in f" {normalize(information)} "
+    return span_in_text(information, span)
 
 
 def _seed(example_id: str) -> int:
@@ -99,7 +99,7 @@ def run_provenance(example: Any, retriever: Any, *, k: int = 5, info_max_tokens:
     traj = Trajectory(
         id=ex.id, question=ex.question, golden_answers=spans, steps=steps, answer=answer, final_thought=final,
         status=status, reason="" if steps else "no masked sentence to search for",
-        verdicts={"string": string_verdict(answer, spans, ex.answer_match), "grounded": grounded},
+        verdicts={"string": string_verdict(answer, spans, ex.answer_match, ex.mask_count), "grounded": grounded},
         provenance=Provenance(graph=PROVENANCE_TEACHER, teacher=PROVENANCE_TEACHER, models={},
                               retriever=retriever_name or describe_retriever(retriever), example_id=ex.id,
                               source=ex.source or "ramp"),

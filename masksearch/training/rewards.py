@@ -5,81 +5,45 @@ TRL calls every reward function with the prompts, the decoded completions and, a
 returns.  The fields these functions read (all optional, with a fallback to the completion text):
 
 * ``golden_answers`` – list of gold strings per completion (dataset column or rollout field);
-* ``answer_match`` – ``"any"`` (alternatives, best one counts) or ``"all"`` (every string is
-  required: RAMP masks, in order; FanoutQA lists, in any order);
-* ``mask_count`` – RAMP examples have one; its presence makes ``"all"`` matching ordered;
+* ``answer_match`` – ``"any"`` (alternatives, best one counts), ``"all"`` (every string, any
+  order: FanoutQA) or ``"ordered"`` (every string, in order: RAMP masks);
+* ``mask_count`` – RAMP examples have one; a RAMP record that says ``"all"`` is ``"ordered"``;
 * ``answer`` – the rollout's final answer (else the last ``<answer>`` of the completion text);
 * ``status`` / ``trajectory`` – the rollout's status and the :class:`Trajectory` as a dict;
 * ``num_model_tokens`` – tokens the policy generated (environment tokens excluded).
 
-Scoring follows the paper: the answer reward is *token recall* — the fraction of gold tokens
-(after SQuAD normalisation) found in the predicted answer.  Multi-span answers (``" | "``) are
-compared span by span.  All metrics here are pure functions (``token_recall``, ``f1_score``,
-``exact_match``, ``score_answer``) so they can be tested and reused.
+Every answer score comes from :mod:`masksearch.scoring` (the project's one scorer, shared with the
+teacher's acceptance verdict and the evaluation metrics), under the question's match rule
+(:func:`masksearch.scoring.match_rule`: ``any`` / ``all`` / ``ordered``).  The paper's answer reward
+is token recall; :func:`recall_reward` caps it by the answer's precision
+(:func:`masksearch.scoring.capped_recall`), so listing candidates or hedging does not earn the
+full reward.
 """
 
 from __future__ import annotations
 
-import collections
+import importlib
 import re
-import string
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from masksearch.protocol import parse_action, split_answer
+from masksearch.agents.judge import LLMJudge
+from masksearch.agents.judge import parse_verdict as parse_verdict  # re-exported: the one judge parser
+from masksearch.errors import MaskSearchError
+from masksearch.protocol import parse_action
+from masksearch.scoring import capped_recall, match_rule, score
+from masksearch.scoring import exact_match as exact_match  # re-exported pairwise metrics
+from masksearch.scoring import f1 as f1_score
+from masksearch.scoring import token_recall as token_recall
 
 RewardFunc = Callable[..., list[float]]
 
-# --------------------------------------------------------------------------- normalisation
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCT = set(string.punctuation)
 
+class RewardSpecError(MaskSearchError, ValueError):
+    """An unknown reward name, a dotted path that does not import, or weights that do not fit."""
 
-def normalize_answer(s: str | None) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    if not s:
-        return ""
-    s = s.lower()
-    s = "".join(ch if ch not in _PUNCT else " " for ch in s)
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
-
-
-def _tokens(s: str | None) -> list[str]:
-    return normalize_answer(s).split()
-
-
-def token_recall(pred: str | None, gold: str) -> float:
-    """Fraction of the gold answer's tokens that appear in the prediction (multiset)."""
-    g = _tokens(gold)
-    if not g:
-        return 0.0
-    p = collections.Counter(_tokens(pred))
-    hit = sum(min(c, p[t]) for t, c in collections.Counter(g).items())
-    return hit / len(g)
-
-
-def f1_score(pred: str | None, gold: str) -> float:
-    p, g = _tokens(pred), _tokens(gold)
-    if not p or not g:
-        return float(p == g and bool(g))
-    common = collections.Counter(p) & collections.Counter(g)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(p), same / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def exact_match(pred: str | None, gold: str) -> float:
-    return float(bool(normalize_answer(gold)) and normalize_answer(pred) == normalize_answer(gold))
-
-
-METRICS: dict[str, Callable[[str | None, str], float]] = {
-    "recall": token_recall,
-    "f1": f1_score,
-    "em": exact_match,
-}
+# score_answer's metric names -> keys of masksearch.scoring.score
+_METRIC_KEYS = {"recall": "token_recall", "f1": "f1", "em": "em"}
 
 
 def score_answer(
@@ -87,32 +51,124 @@ def score_answer(
     golds: Sequence[str],
     metric: str = "recall",
     answer_match: str = "any",
-    ordered: bool = True,
+    ordered: bool | None = None,
 ) -> float:
-    """Score one predicted answer against its gold strings.
+    """One metric (``recall``, ``f1``, ``em``) of a predicted answer, from :func:`masksearch.scoring.score`,
+    under the match rule ``answer_match`` (``any``, ``all`` or ``ordered``), as everywhere else.
 
-    * ``answer_match="any"``: the best gold alternative counts.
-    * ``answer_match="all"`` with several golds (RAMP masks, FanoutQA lists): the predicted answer
-      is split on ``"|"`` into spans.  ``ordered=True`` (RAMP) compares span *i* with gold *i*;
-      ``ordered=False`` (FanoutQA) scores each gold against its best predicted span.  The score is
-      the mean over golds, except EM, which needs every gold matched.
+    ``ordered`` overrides ``all``: ``True`` makes it ``ordered`` (span *i* against gold *i*),
+    ``False`` keeps ``all`` (each gold against its best predicted span).
     """
-    fn = METRICS[metric]
-    golds = [str(g) for g in golds if str(g).strip()]
-    if not golds or pred is None or not str(pred).strip():
-        return 0.0
-    if answer_match != "all" or len(golds) == 1:
-        if answer_match == "all":  # a single required string
-            return fn(pred, golds[0])
-        return max(fn(pred, g) for g in golds)
-    spans = split_answer(pred) or [pred]
-    if ordered:
-        per = [fn(spans[i] if i < len(spans) else "", g) for i, g in enumerate(golds)]
+    if metric not in _METRIC_KEYS:
+        raise ValueError(f"unknown metric {metric!r}: use recall, f1 or em")
+    rule = match_rule(answer_match)
+    if rule in ("all", "ordered") and ordered is not None:
+        rule = "ordered" if ordered else "all"
+    return score(pred, golds, rule)[_METRIC_KEYS[metric]]
+
+
+# --------------------------------------------------------------------------- the registry
+@dataclass
+class RewardOptions:
+    """What a parametrised reward (a registered *factory*) is built from; set in the GRPO YAML."""
+
+    length_soft: int = 256
+    length_hard: int = 512
+    judge_model: Any = None  # spec string or chat model, needed by the "judge" reward
+    recall_min_precision: float = 2 / 3  # 0: the paper's plain token recall
+
+
+@dataclass(frozen=True)
+class RegisteredReward:
+    fn: Callable[..., Any]
+    factory: bool  # fn(options) -> reward function, else fn is the reward function
+    weight: float  # the weight used when GRPOConfig.reward_weights is not given
+
+
+_REGISTRY: dict[str, RegisteredReward] = {}
+
+
+def register_reward(name: str, *, factory: bool = False, weight: float = 1.0) -> Callable[[Callable], Callable]:
+    """Decorator: make a reward available by name in ``reward_funcs``.
+
+    A reward is a TRL reward function ``f(prompts, completions, **kwargs) -> list[float]``; with
+    ``factory=True`` the decorated function instead takes a :class:`RewardOptions` and returns
+    one.  ``weight`` is its default weight when ``GRPOConfig.reward_weights`` is not set.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise RewardSpecError(f"a reward named {name!r} is already registered")
+        _REGISTRY[name] = RegisteredReward(fn, factory, float(weight))
+        return fn
+
+    return deco
+
+
+def reward_names() -> list[str]:
+    """The registered reward names, in registration order."""
+    return list(_REGISTRY)
+
+
+def _import_reward(path: str) -> Callable[..., Any]:
+    """``pkg.mod:attr`` or ``pkg.mod.attr`` (the longest importable module prefix) -> the object."""
+    if ":" in path:
+        mod_name, _, attr = path.partition(":")
+        candidates = [(mod_name, attr)]
     else:
-        per = [max(fn(s, g) for s in spans) for g in golds]
-    if metric == "em":
-        return float(all(x == 1.0 for x in per))
-    return sum(per) / len(per)
+        parts = path.split(".")
+        candidates = [(".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts) - 1, 0, -1)]
+    error: Exception | None = None
+    for mod_name, attr in candidates:
+        if not mod_name or not attr:
+            continue
+        try:
+            obj: Any = importlib.import_module(mod_name)
+        except ImportError as e:
+            error = error or e
+            continue
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise RewardSpecError(f"reward {path!r}: module {mod_name!r} has no {attr!r}")
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise RewardSpecError(f"reward {path!r} is not callable")
+        return obj
+    if error is None:
+        raise RewardSpecError(f"reward {path!r} is not a dotted path: write pkg.module:function or pkg.module.function")
+    raise RewardSpecError(f"reward {path!r}: cannot import module ({error})") from error
+
+
+def get_reward(spec: str | Callable[..., Any], options: RewardOptions | None = None) -> RewardFunc:
+    """A reward function from a registered name (``format``, ``recall``, ...), a dotted import path
+    (``pkg.mod:func`` or ``pkg.mod.func``, TRL's convention) or a callable (returned as is)."""
+    if callable(spec):
+        return spec
+    name = str(spec).strip()
+    entry = _REGISTRY.get(name)
+    if entry is not None:
+        return entry.fn(options or RewardOptions()) if entry.factory else entry.fn
+    if ":" in name or "." in name:
+        return _import_reward(name)
+    raise RewardSpecError(f"unknown reward {name!r}; choose from {', '.join(_REGISTRY)} "
+                          f"or give a dotted import path (pkg.module:function)")
+
+
+def build_rewards(specs: Sequence[str | Callable[..., Any]], weights: Sequence[float] | None = None,
+                  options: RewardOptions | None = None) -> tuple[list[RewardFunc], list[float]]:
+    """The reward functions for ``GRPOTrainer(reward_funcs=...)`` and their weights for
+    ``GRPOConfig.reward_weights``.  Without ``weights`` each reward gets its registered default
+    weight (``format`` 0.5, the others 1.0; 1.0 for an imported one)."""
+    if not specs:
+        raise RewardSpecError("no reward functions: give reward_funcs, e.g. [format, recall]")
+    if weights is not None and len(weights) != len(specs):
+        raise RewardSpecError(f"reward_weights has {len(weights)} entries but reward_funcs has {len(specs)}: "
+                              "give one weight per reward")
+    funcs = [get_reward(s, options) for s in specs]
+    if weights is None:
+        weights = [_REGISTRY[str(s).strip()].weight if not callable(s) and str(s).strip() in _REGISTRY else 1.0
+                   for s in specs]
+    return funcs, [float(w) for w in weights]
 
 
 # --------------------------------------------------------------------------- field access
@@ -172,12 +228,9 @@ def _golds(kwargs: dict[str, Any], i: int) -> list[str]:
     return [str(x) for x in g]
 
 
-def _match(kwargs: dict[str, Any], i: int, n_golds: int) -> tuple[str, bool]:
-    match = _field(kwargs, "answer_match", i)
-    mask_count = _field(kwargs, "mask_count", i)
-    if match is None:
-        match = "all" if mask_count else "any"
-    return str(match), mask_count is not None
+def _match(kwargs: dict[str, Any], i: int) -> str:
+    """The completion's match rule (``any`` / ``all`` / ``ordered``) from its fields."""
+    return match_rule(_field(kwargs, "answer_match", i), _field(kwargs, "mask_count", i))
 
 
 # --------------------------------------------------------------------------- format
@@ -213,6 +266,7 @@ def format_ok_trajectory(traj: dict[str, Any]) -> bool:
     return turn_is_well_formed(final, "answer") if final else True
 
 
+@register_reward("format", weight=0.5)
 def format_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
     """1.0 for a well-formed rollout that ends in an answer with nothing after it, else 0.0."""
     out = []
@@ -224,27 +278,40 @@ def format_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> 
 
 
 # --------------------------------------------------------------------------- answer rewards
-def _answer_reward(metric: str) -> RewardFunc:
-    def reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-        out = []
-        for i, c in enumerate(completions):
-            golds = _golds(kwargs, i)
-            match, ordered = _match(kwargs, i, len(golds))
-            out.append(score_answer(final_answer(c, kwargs, i), golds, metric, match, ordered))
-        return out
-
-    return reward
+def _scores(completions: list[Any], kwargs: dict[str, Any], fn: Callable[[Any, list[str], str], float]) -> list[float]:
+    return [fn(final_answer(c, kwargs, i), _golds(kwargs, i), _match(kwargs, i)) for i, c in enumerate(completions)]
 
 
-recall_reward = _answer_reward("recall")
-recall_reward.__name__ = "recall_reward"
-recall_reward.__doc__ = "The paper's answer reward: fraction of gold tokens present in the final answer."
-f1_reward = _answer_reward("f1")
-f1_reward.__name__ = "f1_reward"
-f1_reward.__doc__ = "Token-level F1 of the final answer against the gold."
-em_reward = _answer_reward("em")
-em_reward.__name__ = "em_reward"
-em_reward.__doc__ = "Exact match (normalised) of the final answer."
+def make_recall_reward(min_precision: float = 2 / 3) -> RewardFunc:
+    """The answer's token recall, capped by its precision (:func:`masksearch.scoring.capped_recall`):
+    ``recall * min(1, precision / min_precision)``.  ``min_precision=0`` is the paper's plain recall."""
+
+    def recall_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        return _scores(completions, kwargs, lambda p, g, m: capped_recall(p, g, m, min_precision))
+
+    return recall_reward
+
+
+recall_reward = make_recall_reward()
+recall_reward.__doc__ = ("The paper's answer reward, token recall, capped by precision so that a hedge or a list "
+                         "of candidates does not earn it in full.")
+
+
+@register_reward("recall", factory=True)
+def _recall(options: RewardOptions) -> RewardFunc:
+    return make_recall_reward(options.recall_min_precision)
+
+
+@register_reward("f1")
+def f1_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+    """Token-level F1 of the final answer against the gold."""
+    return _scores(completions, kwargs, lambda p, g, m: score(p, g, m)["f1"])
+
+
+@register_reward("em")
+def em_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+    """Exact match (normalised) of the final answer: every span, for multi-span answers."""
+    return _scores(completions, kwargs, lambda p, g, m: score(p, g, m)["em"])
 
 
 # --------------------------------------------------------------------------- length
@@ -280,28 +347,12 @@ def make_length_penalty(soft: int = 256, hard: int = 512, cut_penalty: float = 1
 length_penalty = make_length_penalty()
 
 
+@register_reward("length", factory=True)
+def _length(options: RewardOptions) -> RewardFunc:
+    return make_length_penalty(options.length_soft, options.length_hard)
+
+
 # --------------------------------------------------------------------------- model judge
-JUDGE_PROMPT = (
-    "You judge whether a predicted answer to a question is correct.\n"
-    "Question: {question}\nGold answer(s): {gold}\nPredicted answer: {pred}\n"
-    "Is the predicted answer correct (it states the same thing as the gold answer; for several gold "
-    "answers, all of them)? Reply with exactly one word: yes or no."
-)
-_VERDICT_RE = re.compile(r"^\W*(yes|no|correct|incorrect)\b\W*$", re.I)
-
-
-def parse_verdict(text: str | None) -> bool | None:
-    """Strict verdict parsing: the reply (after stripping ``<think>`` blocks) must be a single
-    yes/no (or correct/incorrect) word.  Anything else is ``None`` (unparseable, scored 0)."""
-    if text is None:
-        return None
-    text = re.sub(r"<think>.*?</think>", " ", str(text), flags=re.S).strip()
-    m = _VERDICT_RE.match(text)
-    if not m:
-        return None
-    return m.group(1).lower() in ("yes", "correct")
-
-
 def _question(prompt: Any, kwargs: dict[str, Any], i: int) -> str:
     q = _field(kwargs, "question", i)
     if q:
@@ -318,95 +369,74 @@ class JudgeStats:
     errors: int = 0
 
 
-def make_judge_reward(chat_model: Any, prompt: str = JUDGE_PROMPT) -> RewardFunc:
-    """A model-based judge over any LangChain chat model (``make_chat_model`` spec or object).
+def make_judge_reward(chat_model: Any, max_new_tokens: int = 128) -> RewardFunc:
+    """The project's LLM judge (:class:`masksearch.agents.judge.LLMJudge`: one prompt, one strict
+    parser) over any LangChain chat model (``make_chat_model`` spec or object), as a reward.
 
-    1.0 when the judge says yes, 0.0 for no, for an unparseable reply, for a failed call or when
-    the rollout has no answer.  Calls are sent as one ``batch`` so a batching local model serves
-    them in one ``generate``.  ``reward.stats`` counts calls, unparseable replies and errors.
+    1.0 when the judge's verdict is correct; 0.0 for incorrect, for no clear verdict, for a failed
+    call or when the rollout has no answer.  The calls go out as one ``batch`` so a batching local
+    model serves them in one ``generate``.  ``reward.stats`` counts calls, replies without a clear
+    verdict and errors.
     """
-    if isinstance(chat_model, str):
-        from masksearch.models import make_chat_model
-
-        chat_model = make_chat_model(chat_model, temperature=0.0)
+    judge = LLMJudge(chat_model, max_new_tokens=max_new_tokens)
     stats = JudgeStats()
 
     def judge_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
         out: list[float] = [0.0] * len(completions)
-        todo: list[tuple[int, str]] = []
+        items, where = [], []
         for i, c in enumerate(completions):
-            pred = final_answer(c, kwargs, i)
-            golds = _golds(kwargs, i)
-            if not pred or not golds:
-                continue
-            msg = prompt.format(question=_question(prompts[i], kwargs, i), gold=" | ".join(golds), pred=pred)
-            todo.append((i, msg))
-        if not todo:
+            pred, golds = final_answer(c, kwargs, i), _golds(kwargs, i)
+            if pred and str(pred).strip() and golds:
+                items.append((_question(prompts[i], kwargs, i), golds, pred, _match(kwargs, i)))
+                where.append(i)
+        if not items:
             return out
         try:
-            replies = chat_model.batch([[("user", m)] for _, m in todo], return_exceptions=True)
+            verdicts = judge.judge_batch(items)
         except Exception:  # noqa: BLE001 - a judge outage scores 0, it does not stop training
-            stats.errors += len(todo)
+            stats.errors += len(items)
             return out
-        for (i, _), r in zip(todo, replies):
+        for i, v in zip(where, verdicts):
             stats.calls += 1
-            if isinstance(r, Exception):
+            if isinstance(v, Exception):
                 stats.errors += 1
                 continue
-            v = parse_verdict(getattr(r, "content", r))
-            if v is None:
+            if v.correct is None:
                 stats.unparseable += 1
-            out[i] = 1.0 if v else 0.0
+            out[i] = 1.0 if v.correct else 0.0
         return out
 
     judge_reward.stats = stats  # type: ignore[attr-defined]
     return judge_reward
 
 
+@register_reward("judge", factory=True)
+def _judge(options: RewardOptions) -> RewardFunc:
+    if options.judge_model is None:
+        raise RewardSpecError("the 'judge' reward needs a judge model (judge_model: SPEC)")
+    return make_judge_reward(options.judge_model)
+
+
 # --------------------------------------------------------------------------- combination
 @dataclass
-class RewardConfig:
-    """Weights of the reward terms (0 drops a term) and the length penalty's shape."""
+class RewardConfig(RewardOptions):
+    """Rewards by name with their weights (0 drops a term), plus the options of parametrised ones;
+    the Python face of ``reward_funcs`` + ``reward_weights``."""
 
     weights: dict[str, float] = field(default_factory=lambda: {"format": 0.5, "recall": 1.0})
-    length_soft: int = 256
-    length_hard: int = 512
-    judge_model: Any = None  # spec string or chat model, needed when weights["judge"] > 0
-
-
-REWARD_NAMES = ("format", "recall", "f1", "em", "length", "judge")
 
 
 def build_reward_funcs(cfg: RewardConfig) -> tuple[list[RewardFunc], list[float]]:
-    """The reward functions with non-zero weight and their weights, in TRL's form
-    (``GRPOTrainer(reward_funcs=...)`` and ``GRPOConfig.reward_weights``); TRL logs each term
-    as ``rewards/<name>/mean``."""
-    funcs: list[RewardFunc] = []
-    weights: list[float] = []
-    for name, w in cfg.weights.items():
-        if name not in REWARD_NAMES:
-            raise ValueError(f"unknown reward {name!r}; choose from {', '.join(REWARD_NAMES)}")
-        if not w:
-            continue
-        if name == "format":
-            f = format_reward
-        elif name == "recall":
-            f = recall_reward
-        elif name == "f1":
-            f = f1_reward
-        elif name == "em":
-            f = em_reward
-        elif name == "length":
-            f = make_length_penalty(cfg.length_soft, cfg.length_hard)
-        else:
-            if cfg.judge_model is None:
-                raise ValueError("reward weight 'judge' > 0 needs a judge model (judge_model: SPEC)")
-            f = make_judge_reward(cfg.judge_model)
-        funcs.append(f)
-        weights.append(float(w))
-    if not funcs:
-        raise ValueError("every reward weight is 0: give at least one reward a weight")
-    return funcs, weights
+    """The rewards of ``cfg.weights`` with a non-zero weight, and their weights (TRL's form:
+    ``GRPOTrainer(reward_funcs=...)`` and ``GRPOConfig.reward_weights``); TRL logs each term as
+    ``rewards/<name>/mean``."""
+    for name in cfg.weights:
+        if name not in _REGISTRY and ":" not in name and "." not in name:
+            get_reward(name)  # raises: unknown reward, with the registered names
+    items = [(name, w) for name, w in cfg.weights.items() if w]
+    if not items:
+        raise RewardSpecError("every reward weight is 0: give at least one reward a weight")
+    return build_rewards([n for n, _ in items], [w for _, w in items], cfg)
 
 
 def combine_rewards(funcs: Sequence[RewardFunc], weights: Sequence[float]) -> RewardFunc:
