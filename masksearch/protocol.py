@@ -65,6 +65,7 @@ MalformedReason = Literal[
     "empty_answer",
     "nested_tags",
     "information_written",
+    "too_long",
 ]
 
 
@@ -84,11 +85,73 @@ class Action:
         return self.kind != "malformed"
 
 
-_TAG_RE = {t: re.compile(rf"<{t}>(.*?)</{t}>", re.S) for t in TAGS}
+# ------------------------------------------------------------------------------ tag scanning
+# One rule for every parser (student, teacher roles, baselines): tag names are matched
+# case-insensitively (``<ANSWER>`` is ``<answer>``), and scanning is linear in the reply length: a
+# single pass finds the tag tokens and pairing walks them once.  Replies longer than
+# MAX_REPLY_CHARS are classified ``too_long`` without being scanned further.
+MAX_REPLY_CHARS = 32_768
+
+_TOKEN_RE: dict[str, re.Pattern[str]] = {}
+_ANY_OPEN_RE = re.compile(r"<[a-z]+>", re.I)
+_OPEN_TAG_RE = re.compile(r"<(?:" + "|".join(TAGS) + r")>", re.I)
 
 
-def _count(text: str, tag: str) -> tuple[int, int]:
-    return text.count(f"<{tag}>"), text.count(f"</{tag}>")
+def _token_re(tags: Sequence[str]) -> re.Pattern[str]:
+    key = "|".join(tags)
+    pat = _TOKEN_RE.get(key)
+    if pat is None:
+        pat = _TOKEN_RE[key] = re.compile(r"<(/?)(" + key + r")>", re.I)
+    return pat
+
+
+def scan_tags(text: str, tags: Sequence[str] = TAGS) -> list[tuple[str, bool, int, int]]:
+    """The tag tokens of ``text`` in order: (tag lower-cased, is_close, start, end).  Linear time."""
+    return [(m.group(2).lower(), bool(m.group(1)), m.start(), m.end())
+            for m in _token_re(tuple(tags)).finditer(text)]
+
+
+def tag_bodies(text: str, tag: str, tokens: list[tuple[str, bool, int, int]] | None = None) -> list[str]:
+    """Bodies of ``<tag>…</tag>`` pairs, left to right, non-overlapping: each opening tag pairs with
+    the first closing tag after it (what ``re.findall(r"<tag>(.*?)</tag>")`` gives, in linear time)."""
+    tokens = scan_tags(text, (tag,)) if tokens is None else tokens
+    out, start = [], None
+    for name, close, a, b in tokens:
+        if name != tag:
+            continue
+        if not close and start is None:
+            start = b
+        elif close and start is not None:
+            out.append(text[start:a])
+            start = None
+    return out
+
+
+def last_tag(text: str, tag: str) -> str | None:
+    """Body of the last ``<tag>…</tag>`` (stripped); else an unclosed ``<tag>`` (cut by a token
+    limit) up to the next opening tag of any name; else None.  Case-insensitive, linear time."""
+    if not text:
+        return None
+    tokens = scan_tags(text, (tag,))
+    closed = tag_bodies(text, tag, tokens)
+    if closed:
+        return closed[-1].strip()
+    first = next((b for name, close, _a, b in tokens if not close), None)
+    if first is None:
+        return None
+    m = _ANY_OPEN_RE.search(text, first)
+    return text[first:m.start() if m else len(text)].strip()
+
+
+def _count(tokens: list[tuple[str, bool, int, int]], tag: str) -> tuple[int, int]:
+    o = c = 0
+    for name, close, _a, _b in tokens:
+        if name == tag:
+            if close:
+                c += 1
+            else:
+                o += 1
+    return o, c
 
 
 def split_queries(body: str) -> list[str]:
@@ -102,39 +165,46 @@ def parse_action(text: str | None) -> Action:
     The reply may lack its final closing tag when generation stopped on the stop sequence and the
     backend dropped it (OpenAI-compatible servers do): an unclosed last ``<search>``/``<answer>``
     is closed here.  Everything else that deviates is classified as malformed with a reason.
+    Tags are case-insensitive; a reply over :data:`MAX_REPLY_CHARS` is ``too_long``.
     """
     if text is None or not text.strip():
         return Action("malformed", reason="empty")
+    if len(text) > MAX_REPLY_CHARS:
+        return Action("malformed", reason="too_long")
     text = text.strip()
+    tokens = scan_tags(text)
     # Close a final tag cut by a stop sequence that the backend did not echo back.
     for tag in (SEARCH, ANSWER):
-        o, c = _count(text, tag)
-        if o == c + 1 and text.rfind(f"<{tag}>") > text.rfind(f"</{tag}>"):
+        o, c = _count(tokens, tag)
+        last_open = max((a for n, cl, a, _b in tokens if n == tag and not cl), default=-1)
+        last_close = max((a for n, cl, a, _b in tokens if n == tag and cl), default=-1)
+        if o == c + 1 and last_open > last_close:
+            tokens.append((tag, True, len(text), len(text) + len(tag) + 3))
             text = text + f"</{tag}>"
-    think_m = _TAG_RE[THINK].search(text)
-    think = think_m.group(1).strip() if think_m else ""
-    if _count(text, INFORMATION)[0]:
+    thinks = tag_bodies(text, THINK, tokens)
+    think = thinks[0].strip() if thinks else ""
+    if _count(tokens, INFORMATION)[0]:
         return Action("malformed", think=think, reason="information_written")
     for tag in TAGS:
-        o, c = _count(text, tag)
+        o, c = _count(tokens, tag)
         if o != c:
             return Action("malformed", think=think, reason="unbalanced_tags")
-    searches = _TAG_RE[SEARCH].findall(text)
-    answers = _TAG_RE[ANSWER].findall(text)
+    searches = tag_bodies(text, SEARCH, tokens)
+    answers = tag_bodies(text, ANSWER, tokens)
     for body in searches + answers:
-        if any(f"<{t}>" in body for t in TAGS):
+        if _OPEN_TAG_RE.search(body):
             return Action("malformed", think=think, reason="nested_tags")
     if searches and answers:
         return Action("malformed", think=think, reason="search_and_answer")
     if answers:
         answer = answers[-1].strip()
-        end = text.rfind(f"</{ANSWER}>") + len(f"</{ANSWER}>")
+        end = max(b for n, cl, _a, b in tokens if n == ANSWER and cl)
         if not answer:
             return Action("malformed", think=think, reason="empty_answer")
         return Action("answer", think=think, answer=answer, trailing=text[end:].strip())
     if searches:
         queries = [q for body in searches for q in split_queries(body)]
-        end = text.rfind(f"</{SEARCH}>") + len(f"</{SEARCH}>")
+        end = max(b for n, cl, _a, b in tokens if n == SEARCH and cl)
         if not queries:
             return Action("malformed", think=think, reason="empty_query")
         return Action("search", think=think, queries=queries, trailing=text[end:].strip())

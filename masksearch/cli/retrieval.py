@@ -8,6 +8,16 @@ import os
 import sys
 
 
+def _non_negative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (never split) or a positive number of words, got {v}")
+    return v
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index", help="index a corpus for search (BM25 or dense)",
@@ -19,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="index folder to write (replaced if it holds an index)")
     p.add_argument("--format", default="auto", dest="fmt",
                    choices=["auto", "jsonl", "flashrag", "tsv", "wikiextractor", "textdir", "hf"])
-    p.add_argument("--chunk-words", type=int, default=100,
+    p.add_argument("--chunk-words", type=_non_negative_int, default=100,
                    help="split texts longer than 2x this into ~this many words (0: never split)")
     p.add_argument("--shard", default=None, help="i/n: index records i, i+n, ... only (0-based)")
     p.add_argument("--no-stem", action="store_true", help="bm25: no English stemming")
