@@ -19,6 +19,7 @@ KEY = "sk-test-SECRETSECRETSECRET-1234"
 
 class _Handler(BaseHTTPRequestHandler):
     calls: dict[str, int] = {}
+    down = False  # model "flaky" fails with an echo of the key while this is set
 
     def log_message(self, *a):  # quiet
         pass
@@ -60,7 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
         if model == "surrogate":
             body = json.dumps(ok).replace("Paris", "Paris \\ud800")
             return self._send(200, body.encode())
-        if model == "echokey":
+        if model == "echokey" or (model == "flaky" and self.down):
             auth = self.headers.get("Authorization", "")
             return self._send(500, json.dumps({"error": {"message": f"bad request with header {auth}"}}).encode())
         return self._send(200, json.dumps(ok).encode())
@@ -175,3 +176,78 @@ def test_timeout_and_retries_defaults_are_settings(monkeypatch):
     assert m.timeout_s == 900 and m.max_retries == 5
     with pytest.raises(ValueError):
         remote.set_remote_defaults(timeout=0)
+
+
+# ------------------------------------------------------------------ end to end: eval and cot
+def _qa(path, n=3):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of France {i}?",
+                                        "golden_answers": ["Paris"]}) + "\n" for i in range(n)))
+    return path
+
+
+@pytest.fixture()
+def tiny_index(tmp_path):
+    from masksearch.retrieval import build_index
+
+    c = tmp_path / "corpus.jsonl"
+    c.write_text("".join(json.dumps({"id": f"d{i}", "title": "Paris", "text": f"Paris is the capital of France {i}."})
+                         + "\n" for i in range(5)))
+    return build_index(str(c), out=tmp_path / "idx", progress=False)["path"]
+
+
+def _no_key_anywhere(root, *texts):
+    for t in texts:
+        assert KEY not in t
+    for f in root.rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+
+
+def test_eval_scrubs_the_key_and_exits_nonzero_when_all_failed(fault_server, tiny_index, tmp_path, monkeypatch,
+                                                               capsys):
+    from masksearch.cli import main
+
+    monkeypatch.setenv("VLLM_API_KEY", KEY)
+    monkeypatch.setenv("MASKSEARCH_REQUEST_RETRIES", "0")
+    data = _qa(tmp_path / "a" / "q.jsonl")
+    out = tmp_path / "ev"
+    rc = main(["eval", "--method", "rag-pe", "--model", f"vllm:echokey@{fault_server}", "--retriever",
+               f"bm25:{tiny_index}", "--data", str(data), "--out", str(out), "--no-progress", "--retries", "0"])
+    cap = capsys.readouterr()
+    assert rc == 1 and "n=0" in cap.out and "token_recall=  0.0" not in cap.out.split("avg")[0]
+    res = json.loads((out / "results.json").read_text())
+    assert res["benchmarks"]["q"]["failed"] == 3 and "Bearer ***" in json.dumps(res)
+    _no_key_anywhere(out, cap.out, cap.err)
+
+
+def test_eval_same_file_names_get_separate_buckets(fault_server, tiny_index, tmp_path):
+    from masksearch.eval.runner import run_eval
+
+    a, b = _qa(tmp_path / "a" / "q.jsonl", 2), _qa(tmp_path / "b" / "q.jsonl", 3)
+    res = run_eval("rag-pe", model=f"vllm:ok@{fault_server}", retriever=f"bm25:{tiny_index}", data=[str(a), str(b)],
+                   out_dir=tmp_path / "ev", progress=False)
+    assert {k: v["n"] for k, v in res["benchmarks"].items()} == {"q": 2, "q-2": 3}
+
+
+def test_cot_error_runs_are_not_final_and_the_key_is_never_written(fault_server, tiny_index, tmp_path,
+                                                                    monkeypatch, capsys):
+    from masksearch.cli import main
+
+    monkeypatch.setenv("VLLM_API_KEY", KEY)
+    data = _qa(tmp_path / "q.jsonl", 2)
+    out = tmp_path / "cot"
+    args = ["cot", "--input", str(data), "--out", str(out), "--teacher", f"vllm:flaky@{fault_server}",
+            "--retriever", f"bm25:{tiny_index}", "--checkpoint-db", str(tmp_path / "ck.sqlite"),
+            "--no-progress", "--retries", "0", "--concurrency", "2"]
+    _Handler.down = True
+    try:
+        assert main(args) == 1
+    finally:
+        _Handler.down = False
+    cap = capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == 2 and (out / "trajectories.jsonl").read_text() == ""
+    _no_key_anywhere(tmp_path, cap.out, cap.err)
+    assert main(args) == 0  # the endpoint is back: the failed runs are retried, not skipped
+    assert len((out / "trajectories.jsonl").read_text().splitlines()) == 2

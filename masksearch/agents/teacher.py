@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from masksearch.agents import prompts
 from masksearch.protocol import MAX_REPLY_CHARS, last_tag
+from masksearch.utils.scrub import scrub
 
 ROLES = ("planner", "rewriter", "observer", "judge")
 
@@ -172,7 +173,7 @@ async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable
             reply = await model.ainvoke(msgs, config={"metadata": {"role": role, "attempt": attempt},
                                                       "tags": [f"role:{role}"]})
         except Exception as e:  # noqa: BLE001
-            call.error = f"{role} model call failed: {type(e).__name__}: {e}"
+            call.error = scrub(f"{role} model call failed: {type(e).__name__}: {e}")
             return call
         text = _content(reply)
         call.raw.append(text)
