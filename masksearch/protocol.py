@@ -87,44 +87,37 @@ class Action:
 
 # ------------------------------------------------------------------------------ tag scanning
 # One rule for every parser (student, teacher roles, baselines): tag names are matched
-# case-insensitively (``<ANSWER>`` is ``<answer>``), and scanning is linear in the reply length: a
-# single pass finds the tag tokens and pairing walks them once.  Replies longer than
-# MAX_REPLY_CHARS are classified ``too_long`` without being scanned further.
+# case-insensitively (``<ANSWER>`` is ``<answer>``), and scanning is linear in the reply length:
+# ``str.find``/``count`` over a lower-cased copy with the same offsets, no backtracking regex, few
+# allocations.  Replies longer than MAX_REPLY_CHARS are classified ``too_long`` without a scan.
 MAX_REPLY_CHARS = 32_768
 
-_TOKEN_RE: dict[str, re.Pattern[str]] = {}
 _ANY_OPEN_RE = re.compile(r"<[a-z]+>", re.I)
 _OPEN_TAG_RE = re.compile(r"<(?:" + "|".join(TAGS) + r")>", re.I)
+_ASCII_LOWER = {c: c + 32 for c in range(65, 91)}
 
 
-def _token_re(tags: Sequence[str]) -> re.Pattern[str]:
-    key = "|".join(tags)
-    pat = _TOKEN_RE.get(key)
-    if pat is None:
-        pat = _TOKEN_RE[key] = re.compile(r"<(/?)(" + key + r")>", re.I)
-    return pat
+def _lower(text: str) -> str:
+    """``text`` lower-cased with every character at the same offset."""
+    low = text.lower()
+    return low if len(low) == len(text) else text.translate(_ASCII_LOWER)
 
 
-def scan_tags(text: str, tags: Sequence[str] = TAGS) -> list[tuple[str, bool, int, int]]:
-    """The tag tokens of ``text`` in order: (tag lower-cased, is_close, start, end).  Linear time."""
-    return [(m.group(2).lower(), bool(m.group(1)), m.start(), m.end())
-            for m in _token_re(tuple(tags)).finditer(text)]
-
-
-def tag_bodies(text: str, tag: str, tokens: list[tuple[str, bool, int, int]] | None = None) -> list[str]:
+def tag_bodies(text: str, tag: str, low: str | None = None) -> list[str]:
     """Bodies of ``<tag>…</tag>`` pairs, left to right, non-overlapping: each opening tag pairs with
     the first closing tag after it (what ``re.findall(r"<tag>(.*?)</tag>")`` gives, in linear time)."""
-    tokens = scan_tags(text, (tag,)) if tokens is None else tokens
-    out, start = [], None
-    for name, close, a, b in tokens:
-        if name != tag:
-            continue
-        if not close and start is None:
-            start = b
-        elif close and start is not None:
-            out.append(text[start:a])
-            start = None
-    return out
+    low = _lower(text) if low is None else low
+    o, c = f"<{tag}>", f"</{tag}>"
+    out, pos = [], 0
+    while True:
+        i = low.find(o, pos)
+        if i < 0:
+            return out
+        j = low.find(c, i + len(o))
+        if j < 0:
+            return out
+        out.append(text[i + len(o):j])
+        pos = j + len(c)
 
 
 def last_tag(text: str, tag: str) -> str | None:
@@ -132,26 +125,16 @@ def last_tag(text: str, tag: str) -> str | None:
     limit) up to the next opening tag of any name; else None.  Case-insensitive, linear time."""
     if not text:
         return None
-    tokens = scan_tags(text, (tag,))
-    closed = tag_bodies(text, tag, tokens)
+    low = _lower(text)
+    closed = tag_bodies(text, tag, low)
     if closed:
         return closed[-1].strip()
-    first = next((b for name, close, _a, b in tokens if not close), None)
-    if first is None:
+    first = low.find(f"<{tag}>")
+    if first < 0:
         return None
+    first += len(tag) + 2
     m = _ANY_OPEN_RE.search(text, first)
     return text[first:m.start() if m else len(text)].strip()
-
-
-def _count(tokens: list[tuple[str, bool, int, int]], tag: str) -> tuple[int, int]:
-    o = c = 0
-    for name, close, _a, _b in tokens:
-        if name == tag:
-            if close:
-                c += 1
-            else:
-                o += 1
-    return o, c
 
 
 def split_queries(body: str) -> list[str]:
@@ -172,25 +155,22 @@ def parse_action(text: str | None) -> Action:
     if len(text) > MAX_REPLY_CHARS:
         return Action("malformed", reason="too_long")
     text = text.strip()
-    tokens = scan_tags(text)
+    low = _lower(text)
     # Close a final tag cut by a stop sequence that the backend did not echo back.
     for tag in (SEARCH, ANSWER):
-        o, c = _count(tokens, tag)
-        last_open = max((a for n, cl, a, _b in tokens if n == tag and not cl), default=-1)
-        last_close = max((a for n, cl, a, _b in tokens if n == tag and cl), default=-1)
-        if o == c + 1 and last_open > last_close:
-            tokens.append((tag, True, len(text), len(text) + len(tag) + 3))
-            text = text + f"</{tag}>"
-    thinks = tag_bodies(text, THINK, tokens)
-    think = thinks[0].strip() if thinks else ""
-    if _count(tokens, INFORMATION)[0]:
+        o, c = low.count(f"<{tag}>"), low.count(f"</{tag}>")
+        if o == c + 1 and low.rfind(f"<{tag}>") > low.rfind(f"</{tag}>"):
+            text, low = text + f"</{tag}>", low + f"</{tag}>"
+    think_i = low.find(f"<{THINK}>")
+    think_j = low.find(f"</{THINK}>", think_i + len(THINK) + 2) if think_i >= 0 else -1
+    think = text[think_i + len(THINK) + 2:think_j].strip() if think_j >= 0 else ""
+    if low.count(f"<{INFORMATION}>"):
         return Action("malformed", think=think, reason="information_written")
     for tag in TAGS:
-        o, c = _count(tokens, tag)
-        if o != c:
+        if low.count(f"<{tag}>") != low.count(f"</{tag}>"):
             return Action("malformed", think=think, reason="unbalanced_tags")
-    searches = tag_bodies(text, SEARCH, tokens)
-    answers = tag_bodies(text, ANSWER, tokens)
+    searches = tag_bodies(text, SEARCH, low)
+    answers = tag_bodies(text, ANSWER, low)
     for body in searches + answers:
         if _OPEN_TAG_RE.search(body):
             return Action("malformed", think=think, reason="nested_tags")
@@ -198,13 +178,13 @@ def parse_action(text: str | None) -> Action:
         return Action("malformed", think=think, reason="search_and_answer")
     if answers:
         answer = answers[-1].strip()
-        end = max(b for n, cl, _a, b in tokens if n == ANSWER and cl)
+        end = low.rfind(f"</{ANSWER}>") + len(ANSWER) + 3
         if not answer:
             return Action("malformed", think=think, reason="empty_answer")
         return Action("answer", think=think, answer=answer, trailing=text[end:].strip())
     if searches:
         queries = [q for body in searches for q in split_queries(body)]
-        end = max(b for n, cl, _a, b in tokens if n == SEARCH and cl)
+        end = low.rfind(f"</{SEARCH}>") + len(SEARCH) + 3
         if not queries:
             return Action("malformed", think=think, reason="empty_query")
         return Action("search", think=think, queries=queries, trailing=text[end:].strip())
