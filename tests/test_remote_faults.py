@@ -251,3 +251,14 @@ def test_cot_error_runs_are_not_final_and_the_key_is_never_written(fault_server,
     _no_key_anywhere(tmp_path, cap.out, cap.err)
     assert main(args) == 0  # the endpoint is back: the failed runs are retried, not skipped
     assert len((out / "trajectories.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_surrogate_reply_does_not_fail_eval_questions(fault_server, tiny_index, tmp_path):
+    from masksearch.eval.runner import run_eval
+
+    res = run_eval("rag-pe", model=f"vllm:surrogate@{fault_server}", retriever=f"bm25:{tiny_index}",
+                   data=[str(_qa(tmp_path / "q.jsonl", 3))], out_dir=tmp_path / "ev", progress=False)
+    b = res["benchmarks"]["q"]
+    assert b["n"] == 3 and b["failed"] == 0
+    preds = (tmp_path / "ev" / "q" / "predictions.jsonl").read_text(encoding="utf-8")
+    assert "\ufffd" in preds
