@@ -63,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-hits", type=int, default=None,
                    help="refuse a request whose queries x topk is larger (HTTP 413; default 20480)")
     v.add_argument("--max-body-mb", type=float, default=8.0, help="refuse a larger request body (HTTP 413)")
+    v.add_argument("--max-in-flight", type=int, default=4,
+                   help="batches searched and encoded at once; more wait (bounds the memory of big answers)")
     v.add_argument("--idle-timeout", type=float, default=30.0,
                    help="close a connection that sends nothing, or stalls mid-request, this many seconds")
     v.set_defaults(func=cmd_serve)
@@ -121,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {args.retriever} on http://{args.host}:{args.port} (POST /retrieve, GET /health); "
           f"clients: make_retriever('http://{args.host}:{args.port}')", file=sys.stderr)
     opts = dict(default_topk=args.k, max_topk=args.max_topk, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-                idle_timeout_s=args.idle_timeout)
+                idle_timeout_s=args.idle_timeout, max_in_flight=args.max_in_flight)
     if args.max_hits:
         opts["max_hits"] = args.max_hits
     try:

@@ -16,6 +16,7 @@ Limits, each answered with a 4xx and a one-line ``detail``, never a 500:
 * the batch: at most ``max_queries`` queries (413), each at most ``max_query_chars`` (422);
 * the response: ``queries x topk`` at most ``max_hits`` (413, checked before searching), and the
   encoded answer at most ``max_response_bytes`` (413);
+* concurrency: at most ``max_in_flight`` (4) batches are searched and encoded at once;
 * connections: one that sends nothing, or stalls in its headers or body, for ``idle_timeout_s``
   is closed (uvicorn alone keeps such half-open connections forever).
 
@@ -38,6 +39,7 @@ MAX_BODY_BYTES = 8 << 20
 MAX_RESPONSE_BYTES = 96 << 20
 MAX_QUERY_CHARS = 4096
 IDLE_TIMEOUT_S = 30.0
+MAX_IN_FLIGHT = 4
 
 
 def _hit(doc: Any, return_scores: bool) -> dict[str, Any]:
@@ -105,8 +107,10 @@ def parse_request(body: bytes, *, default_topk: int, max_queries: int, max_topk:
 def create_app(retriever: Any, max_queries: int = MAX_QUERIES, max_topk: int = MAX_TOPK,
                name: str | None = None, *, default_topk: int = 3, max_hits: int = MAX_HITS,
                max_body_bytes: int = MAX_BODY_BYTES, max_response_bytes: int = MAX_RESPONSE_BYTES,
-               chunk_queries: int = CHUNK_QUERIES):
-    """A FastAPI app serving ``retriever`` (a spec string or a retriever object)."""
+               chunk_queries: int = CHUNK_QUERIES, max_in_flight: int = MAX_IN_FLIGHT):
+    """A FastAPI app serving ``retriever`` (a spec string or a retriever object).  At most
+    ``max_in_flight`` batches are searched and encoded at once (others wait), which bounds the
+    memory that concurrent large answers take."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
@@ -119,6 +123,14 @@ def create_app(retriever: Any, max_queries: int = MAX_QUERIES, max_topk: int = M
         raise ValueError(f"the default topk must be between 1 and {max_topk}, got {default_topk}")
 
     app = FastAPI(title="masksearch retrieval server")
+    gate: list[Any] = []  # the asyncio.Semaphore, made on the server's event loop
+
+    def in_flight() -> Any:
+        if not gate:
+            import asyncio
+
+            gate.append(asyncio.Semaphore(max(1, max_in_flight)))
+        return gate[0]
 
     def problem(status: int, detail: str) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status)
@@ -138,6 +150,11 @@ def create_app(retriever: Any, max_queries: int = MAX_QUERIES, max_topk: int = M
                 out.extend(list(d)[:topk] for d in retriever.batch(chunk))
         return out
 
+    def encode(results: list[list[Any]], return_scores: bool) -> bytes:
+        body = json.dumps({"result": [[_hit(d, return_scores) for d in docs] for docs in results]},
+                          ensure_ascii=False, allow_nan=False)
+        return safe_text(body).encode("utf-8")
+
     @app.post("/retrieve")
     async def retrieve(request: Request) -> Response:
         declared = request.headers.get("content-length")
@@ -156,13 +173,13 @@ def create_app(retriever: Any, max_queries: int = MAX_QUERIES, max_topk: int = M
             return problem(e.status, e.detail)
         if not queries:
             return JSONResponse({"result": []})
-        try:
-            results = await run_in_threadpool(search, queries, topk)
-        except SearchError as e:
-            return problem(502, str(e))
-        body = json.dumps({"result": [[_hit(d, return_scores) for d in docs] for docs in results]},
-                          ensure_ascii=False, allow_nan=False)
-        data = safe_text(body).encode("utf-8")
+        async with in_flight():
+            try:
+                results = await run_in_threadpool(search, queries, topk)
+            except SearchError as e:
+                return problem(502, str(e))
+            data = await run_in_threadpool(encode, results, return_scores)
+            del results
         if len(data) > max_response_bytes:
             return problem(413, f"the answer would be {len(data)} bytes (over {max_response_bytes}); "
                                 f"ask fewer queries or a smaller topk")
