@@ -152,3 +152,21 @@ def test_ramp_cli_refuses_notes_corpus_and_other_seed(tmp_path, capsys, corpus_p
     err = capsys.readouterr().err
     assert "not a masksearch output" in err and "input of this job" in err and "seed" in err
     assert len(out.read_text().splitlines()) == 3
+
+
+def test_second_ramp_on_the_same_out_reports_the_lock(tmp_path, capsys, corpus_path):
+    from masksearch.cli import main
+    from masksearch.utils.jsonl import input_fingerprint
+
+    c = tmp_path / "c.jsonl"
+    with open(corpus_path, encoding="utf-8") as f:
+        c.write_text("".join(next(f) for _ in range(100)), encoding="utf-8")
+    out = tmp_path / "r.jsonl"
+    job = {"command": "ramp", "strategy": "rules", "seed": 0, "shard": "0/1", "input": input_fingerprint(c)}
+    first = ResumableJsonlWriter(out, job=job, inputs=[c])  # a first run still writing
+    try:
+        assert main(["ramp", "--corpus", str(c), "--out", str(out), "--n", "3", "--no-progress"]) == 2
+    finally:
+        first.close()
+    assert "another masksearch run" in capsys.readouterr().err
+    assert main(["ramp", "--corpus", str(c), "--out", str(out), "--n", "3", "--no-progress"]) == 0
