@@ -35,8 +35,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # credentials in a URL: scheme://user:pass@host, scheme://token@host
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/@\"'<>]+@"), r"\1" + REDACTED + "@"),
     # Authorization headers, as text or as a dict repr / JSON
-    (re.compile(r"((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)(?:(bearer|basic|token)\s+)?[^\s\"',}]+",
-                re.I),
+    (re.compile(r"([Aa][Uu][Tt][Hh][Oo][Rr][Ii][Zz][Aa][Tt][Ii][Oo][Nn][\"']?\s*[:=]\s*[\"']?)"
+                r"(?:([Bb][Ee][Aa][Rr][Ee][Rr]|[Bb][Aa][Ss][Ii][Cc]|[Tt][Oo][Kk][Ee][Nn])\s+)?[^\s\"',}]+"),
      lambda m: m.group(1) + (m.group(2) + " " if m.group(2) else "") + REDACTED),  # type: ignore[list-item]
     (re.compile(r"\b(bearer)\s+[A-Za-z0-9._~+/=-]{6,}", re.I), r"\1 " + REDACTED),
     # key=... in query strings, api_key=... / access_token: ... in messages
@@ -47,6 +47,12 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # well-known key shapes (OpenAI / DashScope sk-..., Hugging Face hf_...)
     (re.compile(r"\b(sk|hf)([-_])[A-Za-z0-9_-]{12,}"), r"\1\2" + REDACTED),
 ]
+
+
+# substrings (of the lower-cased text) without which a pattern cannot match, in _PATTERNS' order
+_TRIGGERS: list[tuple[str, ...]] = [("://",), ("authorization",), ("bearer",), ("=",),
+                                    ("api_key", "api-key", "apikey", "access_token", "access-token", "accesstoken"),
+                                    ("sk-", "sk_", "hf-", "hf_")]
 
 
 def register_secret(value: str | None) -> None:
@@ -70,8 +76,10 @@ def scrub(text: Any) -> Any:
     for v in _secret_values():
         if v in text:
             text = text.replace(v, REDACTED)
-    for pat, rep in _PATTERNS:
-        text = pat.sub(rep, text)
+    low = text.lower()
+    for (pat, rep), triggers in zip(_PATTERNS, _TRIGGERS):
+        if any(t in low for t in triggers):  # a cheap substring test before each regex
+            text = pat.sub(rep, text)
     return text
 
 
