@@ -65,6 +65,7 @@ MalformedReason = Literal[
     "empty_answer",
     "nested_tags",
     "information_written",
+    "too_long",
 ]
 
 
@@ -84,11 +85,56 @@ class Action:
         return self.kind != "malformed"
 
 
-_TAG_RE = {t: re.compile(rf"<{t}>(.*?)</{t}>", re.S) for t in TAGS}
+# ------------------------------------------------------------------------------ tag scanning
+# One rule for every parser (student, teacher roles, baselines): tag names are matched
+# case-insensitively (``<ANSWER>`` is ``<answer>``), and scanning is linear in the reply length:
+# ``str.find``/``count`` over a lower-cased copy with the same offsets, no backtracking regex, few
+# allocations.  Replies longer than MAX_REPLY_CHARS are classified ``too_long`` without a scan.
+MAX_REPLY_CHARS = 32_768
+
+_ANY_OPEN_RE = re.compile(r"<[a-z]+>", re.I)
+_OPEN_TAG_RE = re.compile(r"<(?:" + "|".join(TAGS) + r")>", re.I)
+_ASCII_LOWER = {c: c + 32 for c in range(65, 91)}
 
 
-def _count(text: str, tag: str) -> tuple[int, int]:
-    return text.count(f"<{tag}>"), text.count(f"</{tag}>")
+def _lower(text: str) -> str:
+    """``text`` lower-cased with every character at the same offset."""
+    low = text.lower()
+    return low if len(low) == len(text) else text.translate(_ASCII_LOWER)
+
+
+def tag_bodies(text: str, tag: str, low: str | None = None) -> list[str]:
+    """Bodies of ``<tag>…</tag>`` pairs, left to right, non-overlapping: each opening tag pairs with
+    the first closing tag after it (what ``re.findall(r"<tag>(.*?)</tag>")`` gives, in linear time)."""
+    low = _lower(text) if low is None else low
+    o, c = f"<{tag}>", f"</{tag}>"
+    out, pos = [], 0
+    while True:
+        i = low.find(o, pos)
+        if i < 0:
+            return out
+        j = low.find(c, i + len(o))
+        if j < 0:
+            return out
+        out.append(text[i + len(o):j])
+        pos = j + len(c)
+
+
+def last_tag(text: str, tag: str) -> str | None:
+    """Body of the last ``<tag>…</tag>`` (stripped); else an unclosed ``<tag>`` (cut by a token
+    limit) up to the next opening tag of any name; else None.  Case-insensitive, linear time."""
+    if not text:
+        return None
+    low = _lower(text)
+    closed = tag_bodies(text, tag, low)
+    if closed:
+        return closed[-1].strip()
+    first = low.find(f"<{tag}>")
+    if first < 0:
+        return None
+    first += len(tag) + 2
+    m = _ANY_OPEN_RE.search(text, first)
+    return text[first:m.start() if m else len(text)].strip()
 
 
 def split_queries(body: str) -> list[str]:
@@ -102,39 +148,43 @@ def parse_action(text: str | None) -> Action:
     The reply may lack its final closing tag when generation stopped on the stop sequence and the
     backend dropped it (OpenAI-compatible servers do): an unclosed last ``<search>``/``<answer>``
     is closed here.  Everything else that deviates is classified as malformed with a reason.
+    Tags are case-insensitive; a reply over :data:`MAX_REPLY_CHARS` is ``too_long``.
     """
     if text is None or not text.strip():
         return Action("malformed", reason="empty")
+    if len(text) > MAX_REPLY_CHARS:
+        return Action("malformed", reason="too_long")
     text = text.strip()
+    low = _lower(text)
     # Close a final tag cut by a stop sequence that the backend did not echo back.
     for tag in (SEARCH, ANSWER):
-        o, c = _count(text, tag)
-        if o == c + 1 and text.rfind(f"<{tag}>") > text.rfind(f"</{tag}>"):
-            text = text + f"</{tag}>"
-    think_m = _TAG_RE[THINK].search(text)
-    think = think_m.group(1).strip() if think_m else ""
-    if _count(text, INFORMATION)[0]:
+        o, c = low.count(f"<{tag}>"), low.count(f"</{tag}>")
+        if o == c + 1 and low.rfind(f"<{tag}>") > low.rfind(f"</{tag}>"):
+            text, low = text + f"</{tag}>", low + f"</{tag}>"
+    think_i = low.find(f"<{THINK}>")
+    think_j = low.find(f"</{THINK}>", think_i + len(THINK) + 2) if think_i >= 0 else -1
+    think = text[think_i + len(THINK) + 2:think_j].strip() if think_j >= 0 else ""
+    if low.count(f"<{INFORMATION}>"):
         return Action("malformed", think=think, reason="information_written")
     for tag in TAGS:
-        o, c = _count(text, tag)
-        if o != c:
+        if low.count(f"<{tag}>") != low.count(f"</{tag}>"):
             return Action("malformed", think=think, reason="unbalanced_tags")
-    searches = _TAG_RE[SEARCH].findall(text)
-    answers = _TAG_RE[ANSWER].findall(text)
+    searches = tag_bodies(text, SEARCH, low)
+    answers = tag_bodies(text, ANSWER, low)
     for body in searches + answers:
-        if any(f"<{t}>" in body for t in TAGS):
+        if _OPEN_TAG_RE.search(body):
             return Action("malformed", think=think, reason="nested_tags")
     if searches and answers:
         return Action("malformed", think=think, reason="search_and_answer")
     if answers:
         answer = answers[-1].strip()
-        end = text.rfind(f"</{ANSWER}>") + len(f"</{ANSWER}>")
+        end = low.rfind(f"</{ANSWER}>") + len(ANSWER) + 3
         if not answer:
             return Action("malformed", think=think, reason="empty_answer")
         return Action("answer", think=think, answer=answer, trailing=text[end:].strip())
     if searches:
         queries = [q for body in searches for q in split_queries(body)]
-        end = text.rfind(f"</{SEARCH}>") + len(f"</{SEARCH}>")
+        end = low.rfind(f"</{SEARCH}>") + len(SEARCH) + 3
         if not queries:
             return Action("malformed", think=think, reason="empty_query")
         return Action("search", think=think, queries=queries, trailing=text[end:].strip())

@@ -135,8 +135,9 @@ def test_server_shape_and_errors(server):
     assert too_many.status_code == 413 and "at most 8" in too_many.json()["detail"]
     assert httpx.post(f"{server}/retrieve", json={"queries": "notalist"}).status_code == 422
     assert httpx.post(f"{server}/retrieve", json={"topk": 3}).status_code == 422
-    bad_k = httpx.post(f"{server}/retrieve", json={"queries": ["q"], "topk": 0})
+    bad_k = httpx.post(f"{server}/retrieve", json={"queries": ["q"], "topk": -1})
     assert bad_k.status_code == 422 and "topk" in bad_k.json()["detail"]
+    assert httpx.post(f"{server}/retrieve", json={"queries": ["q"], "topk": 0}).status_code == 200  # default
 
 
 def test_remote_retriever_round_trip(server, bm25):

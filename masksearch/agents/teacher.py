@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from masksearch.agents import prompts
+from masksearch.protocol import MAX_REPLY_CHARS, last_tag
+from masksearch.utils.scrub import scrub
 
 ROLES = ("planner", "rewriter", "observer", "judge")
 
@@ -34,15 +36,13 @@ class RoleOutput:
 
 
 def _tag(text: str, tag: str) -> str | None:
-    """Body of the last ``<tag>…</tag>``; an unclosed final tag (cut by a token limit) counts."""
-    closed = re.findall(rf"<{tag}>(.*?)</{tag}>", text, re.S | re.I)
-    if closed:
-        return closed[-1].strip()
-    m = re.search(rf"<{tag}>(.*)$", text, re.S | re.I)
-    if m:
-        body = re.split(r"<[a-z]+>", m.group(1), maxsplit=1)[0]
-        return body.strip()
-    return None
+    """Body of the last ``<tag>…</tag>``; an unclosed final tag (cut by a token limit) counts.
+    The protocol's one tag rule (case-insensitive, linear time): :func:`masksearch.protocol.last_tag`."""
+    return last_tag(text, tag)
+
+
+def _too_long(text: str) -> bool:
+    return len(text) > MAX_REPLY_CHARS
 
 
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|q\d*:|query\s*\d*:)\s*", re.I)
@@ -51,6 +51,8 @@ _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|q\d*:|query\s*\d*:)\s*", re.I)
 def parse_planner(text: str) -> RoleOutput:
     if not text or not text.strip():
         return RoleOutput("malformed", reason="empty")
+    if _too_long(text):
+        return RoleOutput("malformed", reason="too_long")
     think = _tag(text, "think") or ""
     query = _tag(text, "query")
     if query is None:
@@ -64,6 +66,8 @@ def parse_planner(text: str) -> RoleOutput:
 def parse_rewriter(text: str, max_queries: int = 5) -> RoleOutput:
     if not text or not text.strip():
         return RoleOutput("malformed", reason="empty")
+    if _too_long(text):
+        return RoleOutput("malformed", reason="too_long")
     body = _tag(text, "queries")
     if body is None:  # no block: accept a bulleted / numbered list, not free prose
         lines = [ln for ln in re.sub(r"</?[a-z]+>", "\n", text).splitlines() if _BULLET.match(ln) and _BULLET.sub("", ln).strip()]
@@ -85,6 +89,8 @@ def parse_rewriter(text: str, max_queries: int = 5) -> RoleOutput:
 def parse_observer(text: str) -> RoleOutput:
     if not text or not text.strip():
         return RoleOutput("malformed", reason="empty")
+    if _too_long(text):
+        return RoleOutput("malformed", reason="too_long")
     think = _tag(text, "think") or ""
     found = [(k, _tag(text, k)) for k in ("answer", "next", "replan")]
     found = [(k, v) for k, v in found if v is not None]
@@ -167,7 +173,7 @@ async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable
             reply = await model.ainvoke(msgs, config={"metadata": {"role": role, "attempt": attempt},
                                                       "tags": [f"role:{role}"]})
         except Exception as e:  # noqa: BLE001
-            call.error = f"{role} model call failed: {type(e).__name__}: {e}"
+            call.error = scrub(f"{role} model call failed: {type(e).__name__}: {e}")
             return call
         text = _content(reply)
         call.raw.append(text)

@@ -25,10 +25,32 @@ COMMAND_MODULES = [
 
 
 from masksearch.errors import MaskSearchError
+from masksearch.utils.scrub import scrub
 
 
 class UserError(MaskSearchError):
     """An error the user can fix; printed without a traceback."""
+
+
+def add_request_flags(p: argparse.ArgumentParser) -> None:
+    """``--request-timeout`` / ``--retries`` for commands that call remote (OpenAI-compatible) models;
+    :func:`main` applies them with :func:`masksearch.models.remote.set_remote_defaults`."""
+    p.add_argument("--request-timeout", type=float, default=None, metavar="S",
+                   help="seconds to wait for a remote model's reply (default 300: fits a busy local server)")
+    p.add_argument("--retries", type=int, default=None, metavar="N",
+                   help="retries of a failed remote model request, with backoff and Retry-After (default 2)")
+
+
+def _apply_request_flags(args: argparse.Namespace) -> None:
+    t, r = getattr(args, "request_timeout", None), getattr(args, "retries", None)
+    if t is None and r is None:
+        return
+    from masksearch.models.remote import set_remote_defaults
+
+    try:
+        set_remote_defaults(timeout=t, retries=r)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "accepts_extra", False):
         args.extra = rest
     try:
+        _apply_request_flags(args)
         rc = args.func(args)
     except MaskSearchError as e:
-        print(f"masksearch {args.command}: error: {e}", file=sys.stderr)
+        print(f"masksearch {args.command}: error: {scrub(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished records are kept and a rerun resumes", file=sys.stderr)

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="start over instead of skipping finished questions")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="output folder of this run")
+    from masksearch.cli import add_request_flags
+
+    add_request_flags(p)
     p.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="merge eval runs into the paper's table (Markdown, CSV, bar chart)",
@@ -73,6 +76,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if pred.exists():
             write_view(pred, out / bench / "view.html", title=f"{res['label']} on {bench}")
         m = b.get("metrics") or {}
+        if not b.get("n"):
+            print(f"{bench:>10}: n=0    no scored questions" + (f" failed={b['failed']}" if b.get("failed") else ""))
+            continue
         print(f"{bench:>10}: n={b['n']:<4} token_recall={100 * m.get('token_recall', 0):5.1f} "
               f"em={100 * m.get('em', 0):5.1f} f1={100 * m.get('f1', 0):5.1f} cover_em={100 * m.get('cover_em', 0):5.1f}"
               + (f" judge={100 * m['judge']:5.1f}" if "judge" in m else "")
@@ -80,6 +86,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     avg = res.get("avg") or {}
     print(f"{'avg':>10}: token_recall={100 * avg.get('token_recall', 0):5.1f}  wall {res['wall_s']:.0f}s  "
           f"-> {out / 'results.json'}")
+    ran = sum(b.get("ran") or 0 for b in res["benchmarks"].values())
+    if ran and sum(b.get("failed") or 0 for b in res["benchmarks"].values()) >= ran:
+        import sys
+
+        print("error: every question failed; nothing was scored (see the failures above)", file=sys.stderr)
+        return 1
     return 0
 
 

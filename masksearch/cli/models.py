@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--system", default=None, help="an optional system message")
+    from masksearch.cli import add_request_flags
+
+    add_request_flags(p)
     p.set_defaults(func=_chat)
 
 

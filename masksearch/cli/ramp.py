@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="overwrite OUT instead of resuming it")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from masksearch.cli import add_request_flags
+
+    add_request_flags(p)
     p.set_defaults(func=cmd_ramp)
 
     r = sub.add_parser("ramp-report", help="solvability of a RAMP file: is the source passage in the top-k of a search?",

@@ -8,6 +8,16 @@ import os
 import sys
 
 
+def _non_negative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (never split) or a positive number of words, got {v}")
+    return v
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index", help="index a corpus for search (BM25 or dense)",
@@ -19,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="index folder to write (replaced if it holds an index)")
     p.add_argument("--format", default="auto", dest="fmt",
                    choices=["auto", "jsonl", "flashrag", "tsv", "wikiextractor", "textdir", "hf"])
-    p.add_argument("--chunk-words", type=int, default=100,
+    p.add_argument("--chunk-words", type=_non_negative_int, default=100,
                    help="split texts longer than 2x this into ~this many words (0: never split)")
     p.add_argument("--shard", default=None, help="i/n: index records i, i+n, ... only (0-based)")
     p.add_argument("--no-stem", action="store_true", help="bm25: no English stemming")
@@ -45,8 +55,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--retriever", required=True, help="retriever spec to serve")
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
-    v.add_argument("-k", "--k", type=int, default=3, dest="k", help="default topk")
-    v.add_argument("--max-queries", type=int, default=512, help="refuse larger batches (HTTP 413)")
+    v.add_argument("-k", "--k", type=int, default=3, dest="k",
+                   help="the default topk (a request without topk, or with topk null or 0, gets it)")
+    v.add_argument("--max-queries", type=int, default=2560,
+                   help="refuse larger batches (HTTP 413); the default takes Search-R1's 512 x 5")
+    v.add_argument("--max-topk", type=int, default=100, help="refuse a larger topk (HTTP 422)")
+    v.add_argument("--max-hits", type=int, default=None,
+                   help="refuse a request whose queries x topk is larger (HTTP 413; default 20480)")
+    v.add_argument("--max-body-mb", type=float, default=8.0, help="refuse a larger request body (HTTP 413)")
+    v.add_argument("--max-in-flight", type=int, default=4,
+                   help="batches searched and encoded at once; more wait (bounds the memory of big answers)")
+    v.add_argument("--idle-timeout", type=float, default=30.0,
+                   help="close a connection that sends nothing, or stalls mid-request, this many seconds")
     v.set_defaults(func=cmd_serve)
 
 
@@ -102,5 +122,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     r = make_retriever(args.retriever, k=args.k)
     print(f"serving {args.retriever} on http://{args.host}:{args.port} (POST /retrieve, GET /health); "
           f"clients: make_retriever('http://{args.host}:{args.port}')", file=sys.stderr)
-    serve(r, host=args.host, port=args.port, max_queries=args.max_queries)
+    opts = dict(default_topk=args.k, max_topk=args.max_topk, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                idle_timeout_s=args.idle_timeout, max_in_flight=args.max_in_flight)
+    if args.max_hits:
+        opts["max_hits"] = args.max_hits
+    try:
+        serve(r, host=args.host, port=args.port, max_queries=args.max_queries, **opts)
+    except ValueError as e:
+        raise _user_error(str(e)) from None
     return 0

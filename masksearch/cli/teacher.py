@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per role reply (local models)")
     p.add_argument("--shard", default=None, help="run shard i/n of the input, e.g. 0/4")
     p.add_argument("--no-progress", action="store_true")
+    from masksearch.cli import add_request_flags
+
+    add_request_flags(p)
     p.set_defaults(func=cmd_cot)
 
     g = sub.add_parser("graph", help="draw the teacher or student graph offline")
@@ -72,9 +76,12 @@ def cmd_cot(args: argparse.Namespace) -> int:
                       search_queries=args.search_queries, shard=args.shard, model_options=opts,
                       progress=not args.no_progress)
     keys = ("teacher", "trajectories", "accepted", "acceptance_rate", "by_status", "rejected_by_reason",
-            "mean_turns", "trajectories_per_minute", "input_lines_skipped")
-    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+            "mean_turns", "trajectories_per_minute", "input_lines_skipped", "failed", "failures")
+    print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     print(f"wrote {args.out}/trajectories.jsonl, {args.out}/sft.jsonl, {args.out}/summary.json")
+    if summary.get("failed") and not summary.get("new_this_run"):
+        print(f"error: every run this time failed ({summary['failed']}); nothing new was written", file=sys.stderr)
+        return 1
     return 0
 
 

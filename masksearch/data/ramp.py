@@ -50,7 +50,8 @@ from typing import Any, Iterable, Iterator, Sequence
 from masksearch.errors import MaskSearchError, UnknownSpecError
 from masksearch.utils.aio import run_sync
 from masksearch.protocol import ANSWER_SEPARATOR, MASK_TOKEN
-from masksearch.utils.jsonl import ReadStats, ResumableJsonlWriter, in_shard, iter_jsonl, parse_shard
+from masksearch.utils.jsonl import (ReadStats, ResumableJsonlWriter, in_shard, input_fingerprint, iter_jsonl,
+                                    parse_shard)
 
 STRATEGIES = ("rules", "llm", "ppl")
 
@@ -853,11 +854,21 @@ def generate_ramp(corpus: Any, out: str | os.PathLike, n: int, strategy: str = "
     filtered: Counter = Counter()
     stats = ReadStats()
     pool = int(math.ceil(target * oversample)) + (64 if strategy == "rules" else 0)
-    cands = select_passages(corpus, pool, seed=seed,
-                            shard=(i_shard, n_shards), flt=passage_filter, filtered=filtered, stats=stats)
+    # the job's identity beside the output: a rerun resumes only the same job, never an input
+    is_path = isinstance(corpus, (str, os.PathLike))
+    if is_path and not str(corpus).startswith("hf:") and not os.path.exists(corpus):
+        raise RampError(f"corpus not found: {corpus} (give a JSONL/TSV file, a folder, or hf:NAME)")
+    job = {"command": "ramp", "strategy": strategy, "seed": seed, "shard": f"{i_shard}/{n_shards}",
+           "input": input_fingerprint(corpus) if is_path else "iterable"}
+    writer = ResumableJsonlWriter(out, resume=resume, job=job, inputs=[corpus] if is_path else [])
+    try:
+        cands = select_passages(corpus, pool, seed=seed,
+                                shard=(i_shard, n_shards), flt=passage_filter, filtered=filtered, stats=stats)
+    except BaseException:
+        writer.close()
+        raise
     t_select = time.perf_counter() - t0
 
-    writer = ResumableJsonlWriter(out, resume=resume)
     seen_masked: set[str] = set()
     existing_counts: dict[str, int] = {}
     if writer.done and os.path.exists(writer.path):

@@ -31,7 +31,8 @@ from masksearch.eval.baselines import make_method, spec_name
 from masksearch.eval.metrics import METRICS, aggregate, score
 from masksearch.scoring import example_match
 from masksearch.trajectory import Trajectory
-from masksearch.utils.jsonl import ReadStats, ResumableJsonlWriter, iter_jsonl
+from masksearch.utils.jsonl import ReadStats, ResumableJsonlWriter, input_fingerprint, iter_jsonl
+from masksearch.utils.scrub import safe_text, scrub, scrub_obj
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -99,8 +100,9 @@ def summarize_predictions(path: str | os.PathLike) -> dict[str, Any]:
 
 async def _run_benchmark(method: Any, examples: Sequence[QAExample], bench: str, out_path: Path,
                          sem: asyncio.Semaphore, judge: Any, resume: bool, progress: bool,
-                         position: int = 0) -> dict[str, Any]:
-    writer = ResumableJsonlWriter(out_path, resume=resume)
+                         position: int = 0, job: dict[str, Any] | None = None,
+                         inputs: Sequence[Any] = ()) -> dict[str, Any]:
+    writer = ResumableJsonlWriter(out_path, resume=resume, job=job, inputs=inputs)
     todo = [ex for ex in examples if ex.id not in writer.done]
     failed: Counter = Counter()
     bar = None
@@ -123,7 +125,7 @@ async def _run_benchmark(method: Any, examples: Sequence[QAExample], bench: str,
                     verdict = v.to_dict()
                 writer.write(prediction_record(ex, traj, bench, time.perf_counter() - t0, verdict))
             except Exception as e:  # noqa: BLE001 - one bad question must not end the run
-                failed[f"{type(e).__name__}: {str(e)[:200]}"] += 1
+                failed[scrub(f"{type(e).__name__}: {e}")[:200]] += 1
             finally:
                 if bar is not None:
                     bar.update(1)
@@ -187,24 +189,33 @@ async def arun_eval(method: str | Any = "agent", model: Any = "smollm2", retriev
     }
     t_all = time.perf_counter()
     loaded = []
+    names: Counter = Counter()
     for src in sources:
         stats = ReadStats()
-        loaded.append((src, benchmark_name(src), load_benchmark(src, limit=limit, stats=stats), stats))
+        bench = benchmark_name(src)
+        names[bench] += 1
+        if names[bench] > 1:  # two --data files with the same name get separate result buckets
+            bench = f"{bench}-{names[bench]}"
+        loaded.append((src, bench, load_benchmark(src, limit=limit, stats=stats), stats))
     # every benchmark's questions share one pool of `concurrency` slots, so a small --limit per
     # benchmark still fills the model's batches
     sem = asyncio.Semaphore(max(1, concurrency))
 
     async def bench_task(i: int, src: str, bench: str, examples: list[QAExample], stats: ReadStats) -> None:
+        is_file = os.path.exists(str(src))
+        job = {"command": "eval", "method": method_name, "model": scrub(model_name),
+               "source": input_fingerprint(src) if is_file else str(src)}
         summary = await _run_benchmark(method, examples, bench, out / bench / PREDICTIONS_FILE, sem,
-                                       judge, resume, progress, position=i)
+                                       judge, resume, progress, position=i, job=job,
+                                       inputs=[src] if is_file else [])
         summary["source"] = str(src)
         summary["load"] = stats.summary()
         prev_wall = ((previous.get("benchmarks") or {}).get(bench) or {}).get("wall_s_total", 0.0) if resume else 0.0
         summary["wall_s_total"] = round(prev_wall + summary["wall_s"], 2)
         results["benchmarks"][bench] = summary
         if summary["failed"]:
-            print(f"warning: {bench}: {summary['failed']} question(s) failed and were not written "
-                  f"(rerun to retry): {summary['failures']}")
+            print(scrub(f"warning: {bench}: {summary['failed']} question(s) failed and were not written "
+                        f"(rerun to retry): {summary['failures']}"))
         _write_results(results_path, results)
 
     await asyncio.gather(*(bench_task(i, *item) for i, item in enumerate(loaded)))
@@ -223,7 +234,7 @@ def _write_results(path: Path, results: dict[str, Any]) -> None:
                       for m in metrics}
     results["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    tmp.write_text(safe_text(json.dumps(scrub_obj(results), indent=2, ensure_ascii=False)), encoding="utf-8")
     os.replace(tmp, path)
 
 

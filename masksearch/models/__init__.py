@@ -5,7 +5,8 @@
 - ``"smollm2"``: the embedded SmolLM2-135M-Instruct (materialised once into the cache);
 - ``"hf:<hub id or local path>"``: any causal LM through transformers;
 - ``"openai:<model>"`` (``OPENAI_API_KEY``), ``"dashscope:<model>"`` (``DASHSCOPE_API_KEY``),
-  ``"vllm:<model>@<base_url>"`` (no key): OpenAI-compatible endpoints; ``base_url=`` overrides;
+  ``"vllm:<model>@<base_url>"`` (no key): OpenAI-compatible endpoints; every one of them takes
+  ``@<base_url>`` (``dashscope:qwen-max@https://host/v1``), and ``base_url=`` overrides;
 - a ``BaseChatModel`` object: returned as is.
 
 Local models are :class:`LocalChatModel` (batched, token ids and log-probs); heavy imports
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from masksearch.errors import UnknownSpecError
+from masksearch.utils.scrub import scrub
 
 __all__ = ["make_chat_model", "LocalChatModel", "Generation", "materialize_embedded", "VALID_SPECS"]
 
@@ -40,21 +42,19 @@ def make_chat_model(spec: Any = "smollm2", **options: Any):
         from masksearch.models.local import LocalChatModel
 
         return LocalChatModel.from_spec(s, **options)
-    if prefix in ("openai", "dashscope") and rest.strip():
-        from masksearch.models.remote import make_openai_compatible
+    if prefix in ("openai", "dashscope", "vllm") and rest.strip():
+        from masksearch.models.remote import make_openai_compatible, split_model_url
 
-        return make_openai_compatible(prefix, rest.strip(), **options)
-    if prefix == "vllm" and rest.strip():
-        from masksearch.models.remote import make_openai_compatible
-
-        model, at, url = rest.rpartition("@")
-        if not at or not model.strip() or not url.strip():
-            if options.get("base_url") and not at:
-                return make_openai_compatible("vllm", rest.strip(), **options)
-            raise UnknownSpecError(f"bad vllm spec {spec!r}: use 'vllm:<model>@<base_url>', e.g. "
+        # every OpenAI-compatible provider takes the same base-URL override: PROVIDER:MODEL@URL
+        model, url = split_model_url(rest)
+        if url:
+            options.setdefault("base_url", url)
+        elif prefix == "vllm" and not options.get("base_url"):
+            raise UnknownSpecError(f"bad vllm spec {scrub(spec)!r}: use 'vllm:<model>@<base_url>', e.g. "
                                    f"'vllm:Qwen/Qwen2.5-7B-Instruct@http://localhost:8000/v1'; valid forms: {VALID_SPECS}")
-        options.setdefault("base_url", url.strip())
-        return make_openai_compatible("vllm", model.strip(), **options)
+        if not model:
+            raise UnknownSpecError(f"bad model spec {scrub(spec)!r}: no model name before '@'; valid forms: {VALID_SPECS}")
+        return make_openai_compatible(prefix, model, **options)
     raise UnknownSpecError(f"unknown model spec {spec!r}; valid forms: {VALID_SPECS}")
 
 

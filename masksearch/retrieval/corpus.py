@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator
 
 from masksearch.errors import MaskSearchError
 from masksearch.utils.jsonl import ReadStats, decode_line
+from masksearch.utils.scrub import safe_text
 
 FORMATS = ("jsonl", "flashrag", "tsv", "wikiextractor", "textdir", "hf")
 
@@ -74,15 +75,18 @@ def chunk_text(text: str, chunk_words: int = 100) -> list[str]:
     sentences = [s.split() for s in _SENT_END.split(" ".join(words)) if s.strip()]
     chunks: list[list[str]] = [[]]
     for sent in sentences:
-        # a single over-long sentence is cut by words
-        while len(sent) > 1.5 * target:
+        # a single over-long sentence is cut by words (an offset, not re-slicing: linear time on a
+        # multi-megabyte line with no sentence end)
+        i = 0
+        while len(sent) - i > 1.5 * target:
             room = max(1, int(target) - len(chunks[-1]))
-            chunks[-1].extend(sent[:room])
-            sent = sent[room:]
+            chunks[-1].extend(sent[i:i + room])
+            i += room
             chunks.append([])
-        if chunks[-1] and len(chunks[-1]) + len(sent) / 2 > target:
+        rest = sent[i:] if i else sent
+        if chunks[-1] and len(chunks[-1]) + len(rest) / 2 > target:
             chunks.append([])
-        chunks[-1].extend(sent)
+        chunks[-1].extend(rest)
     return [" ".join(c) for c in chunks if c]
 
 
@@ -125,6 +129,8 @@ def _emit(pid: str, title: str, text: Any, chunk_words: int, stats: ReadStats) -
         stats.skipped["empty_text"] += 1
         return
     title = title if isinstance(title, str) else str(title or "")
+    # outside text is made safe once, here: lone surrogates and NULs never reach an index
+    text, title, pid = safe_text(text), safe_text(title), safe_text(pid)
     pieces = chunk_text(text, chunk_words)
     stats.read += 1
     for i, piece in enumerate(pieces):
@@ -195,7 +201,7 @@ def _read_tsv(path: str, chunk_words: int, stats: ReadStats) -> Iterator[Passage
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig")
             except UnicodeDecodeError:
                 stats.skipped["undecodable"] += 1
                 continue
@@ -328,7 +334,22 @@ def read_corpus(path: str | os.PathLike, fmt: str = "auto", chunk_words: int = 1
         raise CorpusError(f"unknown corpus format {fmt!r}; use one of: auto, {', '.join(FORMATS)}")
     elif fmt != "hf" and not os.path.exists(path):
         raise CorpusError(f"corpus not found: {path}")
+    if chunk_words is None or int(chunk_words) < 0:
+        raise CorpusError(f"chunk_words must be 0 (never split) or a positive number of words, got {chunk_words}")
+    if fmt != "hf" and os.path.isfile(path):
+        _check_encoding(path)
     return _READERS[fmt](path, chunk_words, stats)
+
+
+def _check_encoding(path: str) -> None:
+    """A UTF-16/32 file is refused at once (every line would be skipped as undecodable)."""
+    if path.endswith((".gz", ".bz2")):
+        return
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 2 and head.count(b"\x00") > len(head) // 8):
+        raise CorpusError(f"{path} is UTF-16 or UTF-32 text, not UTF-8: convert it first "
+                          f"(iconv -f UTF-16 -t UTF-8 {path} > corpus.utf8.jsonl)")
 
 
 def iter_passages(source: Any, chunk_words: int = 100, stats: ReadStats | None = None,

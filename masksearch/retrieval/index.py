@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -59,6 +60,29 @@ def _remove_stale_temps(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def is_index_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is provably a masksearch index: its ``manifest.json`` has our schema (a
+    ``kind``, an ``engine``, an integer ``format`` and a ``complete`` flag).  Only such a folder is
+    ever replaced by a rebuild; a folder with someone else's ``manifest.json`` is not."""
+    mf = Path(path) / MANIFEST
+    try:
+        m = json.loads(mf.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(m, dict) and isinstance(m.get("kind"), str) and isinstance(m.get("engine"), str)
+            and isinstance(m.get("format"), int) and not isinstance(m.get("format"), bool)
+            and isinstance(m.get("complete"), bool))
+
+
+def _empty_corpus_message(name: str, stats: ReadStats) -> str:
+    msg = f"no passages read from {name} ({stats.summary()}): nothing to index"
+    if stats.skipped.get("undecodable"):
+        msg += "; the file is not UTF-8 (UTF-16? convert it: iconv -f UTF-16 -t UTF-8 IN > OUT)"
+    elif stats.n_skipped:
+        msg += "; check the format (--format) and that records have an id and a text"
+    return msg
+
+
 def build_index(corpus: Any, kind: str = "bm25", out: str | os.PathLike | None = None, *,
                 chunk_words: int = 100, shard: str | None = None, progress: bool = True,
                 fmt: str = "auto", overwrite: bool = True, **options: Any) -> dict[str, Any]:
@@ -76,15 +100,22 @@ def build_index(corpus: Any, kind: str = "bm25", out: str | os.PathLike | None =
         raise MaskSearchError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
     if out is None:
         raise MaskSearchError("build_index needs out=DIR, the index folder to write")
+    if chunk_words is None or int(chunk_words) < 0:
+        raise MaskSearchError(f"chunk_words must be 0 (never split) or a positive number of words, "
+                              f"got {chunk_words}")
     out = Path(out)
     if out.exists():
         if not out.is_dir():
             raise MaskSearchError(f"{out} exists and is a file; give a folder path for the index")
-        if any(out.iterdir()) and not (out / MANIFEST).exists():
-            raise MaskSearchError(f"{out} exists, is not empty and is not a masksearch index; "
-                                  f"refusing to replace it (choose another --out)")
+        if any(out.iterdir()) and not is_index_folder(out):
+            raise MaskSearchError(f"{out} exists, is not empty and is not a masksearch index (no "
+                                  f"{MANIFEST} of ours); refusing to replace it (choose another --out)")
         if not overwrite and (out / MANIFEST).exists():
             raise MaskSearchError(f"{out} already holds an index (pass overwrite=True to rebuild)")
+    if isinstance(corpus, (str, os.PathLike)) and os.path.exists(corpus) and (
+            os.path.realpath(corpus) == os.path.realpath(out)
+            or os.path.realpath(corpus).startswith(os.path.realpath(out).rstrip(os.sep) + os.sep)):
+        raise MaskSearchError(f"the corpus {corpus} lies inside --out {out}; rebuilding would delete it")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     stats = ReadStats()
@@ -114,6 +145,8 @@ def build_index(corpus: Any, kind: str = "bm25", out: str | os.PathLike | None =
 
             manifest = build_chroma(passages, tmp, extra=extra, progress=progress, **options)
         build_s = time.perf_counter() - t0
+        if not int(manifest.get("count") or 0):
+            raise MaskSearchError(_empty_corpus_message(corpus_name or "the corpus", stats))
         # swap into place: old index aside, new one in, old one removed
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():

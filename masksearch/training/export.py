@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 from masksearch.protocol import STUDENT_SYSTEM_PROMPT, parse_action, render_messages
 from masksearch.trajectory import Trajectory
+from masksearch.utils.scrub import scrub, scrub_obj
 
 SearchQueries = str  # "first" (the sub-query: one query per search, as the student is told) | "all"
 
@@ -251,75 +252,106 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
         if limit is not None and len(examples) >= limit:
             break
 
-    traj_w = ResumableJsonlWriter(out / "trajectories.jsonl", resume=resume)
-    sft_w = ResumableJsonlWriter(out / "sft.jsonl", resume=resume)
-    accepted: dict[str, bool] = {}
-    reasons: Counter = Counter()
-    previous: list[Trajectory] = []
-    if resume and traj_w.done:  # re-check earlier runs; write any accepted row lost in a kill
-        from masksearch.trajectory import read_trajectories
+    # the job's identity beside both outputs: a rerun resumes only the same teacher on the same input
+    from masksearch.utils.jsonl import input_fingerprint
 
-        for t in read_trajectories(str(out / "trajectories.jsonl")):
-            ok, why = filt.check(t)
-            accepted[t.id] = ok
-            if not ok:
-                reasons[why] += 1
-            elif t.id not in sft_w.done:
-                sft_w.write({"id": t.id, **trajectory_to_sft_row(t, search_queries=search_queries)})
-            previous.append(t)
-    todo = [ex for ex in examples if ex.id not in traj_w.done]
-    seen: set[str] = set()
-    todo = [ex for ex in todo if not (ex.id in seen or seen.add(ex.id))]  # duplicate ids run once
+    job = {"command": "cot", "teacher": _teacher_label(teacher), "input": input_fingerprint(input),
+           "shard": shard or "0/1"}
+    traj_w = ResumableJsonlWriter(out / "trajectories.jsonl", resume=resume, job=job, inputs=[input])
+    try:
+        sft_w = ResumableJsonlWriter(out / "sft.jsonl", resume=resume, job=job, inputs=[input])
+    except BaseException:
+        traj_w.close()
+        raise
+    try:
+        accepted: dict[str, bool] = {}
+        reasons: Counter = Counter()
+        previous: list[Trajectory] = []
+        if resume and traj_w.done:  # re-check earlier runs; write any accepted row lost in a kill
+            from masksearch.trajectory import read_trajectories
 
-    context = None
-    graph = None
-    saver_cm = None
-    if not is_prov:
-        from masksearch.graphs.teacher import TeacherContext, build_teacher_graph
+            for t in read_trajectories(str(out / "trajectories.jsonl")):
+                ok, why = filt.check(t)
+                accepted[t.id] = ok
+                if not ok:
+                    reasons[why] += 1
+                elif t.id not in sft_w.done:
+                    sft_w.write({"id": t.id, **trajectory_to_sft_row(t, search_queries=search_queries)})
+                previous.append(t)
+        todo = [ex for ex in examples if ex.id not in traj_w.done]
+        seen: set[str] = set()
+        todo = [ex for ex in todo if not (ex.id in seen or seen.add(ex.id))]  # duplicate ids run once
 
-        if isinstance(teacher, TeacherContext):
-            context = teacher
-            context.retriever = retriever_obj
-        else:
-            context = TeacherContext(models=teacher, retriever=retriever_obj, k=k, max_docs=max_docs,
-                                     max_turns=max_turns, info_max_tokens=info_max_tokens, llm_judge=llm_judge,
-                                     model_options=dict(model_options or {}))
-        if checkpoint_db:
-            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+        context = None
+        graph = None
+        saver_cm = None
+        if not is_prov:
+            from masksearch.graphs.teacher import TeacherContext, build_teacher_graph
 
-            saver_cm = AsyncSqliteSaver.from_conn_string(str(checkpoint_db))
-            graph = build_teacher_graph(checkpointer=await saver_cm.__aenter__())
-        else:
-            graph = build_teacher_graph()
-    teacher_name = "provenance" if is_prov else context.teacher_name()
+            if isinstance(teacher, TeacherContext):
+                context = teacher
+                context.retriever = retriever_obj
+            else:
+                context = TeacherContext(models=teacher, retriever=retriever_obj, k=k, max_docs=max_docs,
+                                         max_turns=max_turns, info_max_tokens=info_max_tokens, llm_judge=llm_judge,
+                                         model_options=dict(model_options or {}))
+            if checkpoint_db:
+                from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+                saver_cm = AsyncSqliteSaver.from_conn_string(str(checkpoint_db))
+                graph = build_teacher_graph(checkpointer=await saver_cm.__aenter__())
+            else:
+                graph = build_teacher_graph()
+        teacher_name = "provenance" if is_prov else context.teacher_name()
 
-        bar = tqdm(total=len(todo), desc=f"cot [{teacher_name}]", unit="traj", dynamic_ncols=True)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-    sem = asyncio.Semaphore(max(1, concurrency))
-    new: list[Trajectory] = []
+            bar = tqdm(total=len(todo), desc=f"cot [{teacher_name}]", unit="traj", dynamic_ncols=True)
 
-    async def one(ex: Any) -> Trajectory:
-        async with sem:
-            if is_prov:
-                from masksearch.training.provenance import run_provenance
+        sem = asyncio.Semaphore(max(1, concurrency))
+        new: list[Trajectory] = []
+        failed: Counter = Counter()
 
-                return await asyncio.to_thread(run_provenance, ex, retriever_obj, k=k,
-                                               info_max_tokens=info_max_tokens, retriever_name=retriever_name)
-            from masksearch.graphs.teacher import arun_teacher
+        async def one(ex: Any) -> Trajectory | None:
+            try:
+                return await _one(ex)
+            except Exception as e:  # noqa: BLE001 - one bad question must not end the job
+                failed[scrub(f"{type(e).__name__}: {e}")[:200]] += 1
+                return None
 
-            t = await arun_teacher(ex, context, graph=graph, thread_id=f"{teacher_name}:{ex.id}")
-            if retriever_name:
-                t.provenance.retriever = retriever_name
-            return t
+        async def _one(ex: Any) -> Trajectory:
+            async with sem:
+                if is_prov:
+                    from masksearch.training.provenance import run_provenance
+
+                    return await asyncio.to_thread(run_provenance, ex, retriever_obj, k=k,
+                                                   info_max_tokens=info_max_tokens, retriever_name=retriever_name)
+                from masksearch.graphs.teacher import arun_teacher
+
+                t = await arun_teacher(ex, context, graph=graph, thread_id=f"{teacher_name}:{ex.id}")
+                if retriever_name:
+                    t.provenance.retriever = retriever_name
+                return t
+
+    except BaseException:
+        traj_w.close()
+        sft_w.close()
+        raise
 
     t0 = time.perf_counter()
     try:
         for fut in asyncio.as_completed([one(ex) for ex in todo]):
             t = await fut
+            if t is None or t.status == "error":
+                # a transient failure (endpoint down, timeout) is not final: not written, so the
+                # next run retries it, as eval does
+                if t is not None:
+                    failed[scrub(t.reason or "run ended with status error")[:200]] += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
             ok, why = filt.check(t)
             accepted[t.id] = ok
             t.metadata["accepted"] = ok
@@ -356,10 +388,33 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
         "seconds": round(elapsed, 3),
         "trajectories_per_minute": round(len(new) / elapsed * 60, 3) if new and elapsed > 0 else 0.0,
         "concurrency": concurrency,
+        "failed": sum(failed.values()),
+        "failures": dict(failed.most_common(5)),
     })
+    summary = scrub_obj(summary)
+    if summary["failed"]:
+        print(f"warning: {summary['failed']} run(s) failed and were not written (rerun to retry): "
+              f"{summary['failures']}")
     with open(out / "summary.json", "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def _teacher_label(teacher: Any) -> str:
+    """A stable, secret-free name of the teacher for the job identity."""
+    if isinstance(teacher, str):
+        return scrub(teacher)
+    if isinstance(teacher, dict):
+        return ",".join(f"{k}={_teacher_label(v)}" for k, v in sorted(teacher.items()))
+    from masksearch.utils.names import spec_name
+
+    name = getattr(teacher, "teacher_name", None)
+    if callable(name):
+        try:
+            return scrub(name())
+        except Exception:  # noqa: BLE001
+            pass
+    return scrub(spec_name(teacher))
 
 
 def run_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher: Any = "smollm2",
