@@ -184,3 +184,38 @@ def test_eval_replays_with_the_index_deleted(tmp_path, index, monkeypatch, capsy
     out = capsys.readouterr()
     assert "has no answer for 'What is the capital of Italy?'" in out.out and "failed=1" in out.out
     assert "0/3 hits" in out.err  # the runner's search_with_retry asked three times
+
+
+def test_cot_replays_with_the_index_deleted(tmp_path, capsys):
+    """``cot --teacher provenance`` recorded, then replayed read-only with the index folder gone."""
+    from test_export import RAMP
+
+    from masksearch.cli import main
+
+    idx = tmp_path / "idx"
+    passages = PASSAGES + [{"id": f"r-{r['id']}", "title": "", "text": r["masked_passage"].replace("[mask]", a)}
+                           for r in RAMP for a in r["answers"][:1]]
+    build_index(passages, kind="bm25", out=str(idx), progress=False)
+    inp = tmp_path / "ramp.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in RAMP))
+    cache = tmp_path / "c.sqlite"
+    base = ["cot", "--teacher", "provenance", "--input", str(inp), "--retriever", f"bm25:{idx}",
+            "--search-cache", str(cache), "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "rec")]) == 0
+    assert " 0/" in capsys.readouterr().err
+    n = sqlite3.connect(cache).execute("SELECT COUNT(*) FROM search").fetchone()[0]
+    assert n >= len(RAMP)
+    shutil.rmtree(idx)
+    reset_stats()
+    assert main([*base, "--search-cache-mode", "read-only", "--out", str(tmp_path / "replay")]) == 0
+    assert "(100.0 %)" in capsys.readouterr().err
+
+    def runs(name):
+        recs = [json.loads(x) for x in (tmp_path / name / "trajectories.jsonl").read_text().splitlines()]
+        for r in recs:
+            for key in ("created_at", "wall_s", "timings", "elapsed_s"):
+                r.pop(key, None)
+                r.get("metadata", {}).pop(key, None)
+        return sorted(json.dumps(r["steps"], sort_keys=True) for r in recs)
+
+    assert runs("rec") == runs("replay")
