@@ -16,7 +16,11 @@ Per size, each step in a fresh process (whose memory is measured with psutil, sa
 2. ``build_index(kind="bm25")``: build seconds, peak RSS of the build, index size on disk;
 3. serve it in-process: ``make_retriever("bm25:DIR", threads=2)``, ``search_many`` over batches
    of the real benchmark questions (all of ``../shared/data/bench``) for ``--seconds``: queries/s
-   and resident memory (peak RSS, and at the end its anonymous vs file-backed parts);
+   and resident memory (peak RSS, and at the end its anonymous vs file-backed parts).  Also
+   queries per CPU-second of the process (``qps_per_cpu_s``): on a machine shared with other
+   jobs, wall-clock queries/s measure the share of the CPU the benchmark got; queries per
+   CPU-second is what one dedicated core does, and 2 dedicated cores do between 1x and 2x that
+   (2x if the two search threads never wait on each other);
 4. serve it as the real retrieval server (``masksearch serve-retriever``, uvicorn) and post the
    same questions from 2 client threads: queries/s and the server process's peak RSS;
 5. (largest size only) the alternative: the same retriever reading passages from an ``mmap`` of
@@ -118,28 +122,50 @@ def perturb(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def write_corpus(n_passages: int, out: Path) -> int:
-    """Replicate the shared corpus (perturbed copies, see the module doc) up to ``n_passages``
-    passages (counted after chunking: a record over 200 words counts as its chunks)."""
+def _records() -> tuple[list[dict], list[int]]:
     from masksearch.retrieval.corpus import chunk_text
 
     records = [json.loads(line) for line in open(CORPUS, encoding="utf-8")]
-    sizes = [len(chunk_text(r["text"])) for r in records]
-    n, rep = 0, 0
-    tmp = out.with_suffix(".part")
-    with open(tmp, "w", encoding="utf-8") as f:
-        while n < n_passages:
-            for line, (r, size) in enumerate(zip(records, sizes)):
-                if n >= n_passages:
-                    break
-                if rep:
-                    rng = random.Random(f"{rep}:{line}")
-                    r = {"id": f"{r['id']}~r{rep}", "title": r["title"], "text": perturb(r["text"], rng)}
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-                n += size
-            rep += 1
-    os.replace(tmp, out)
+    return records, [len(chunk_text(r["text"])) for r in records]
+
+
+def _write_rep(args: tuple[int, int, str]) -> int:
+    """Copy ``rep`` of the corpus, at most ``budget`` passages, into ``path``; returns passages."""
+    rep, budget, path = args
+    records, sizes = _records()
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for line, (r, size) in enumerate(zip(records, sizes)):
+            if n >= budget:
+                break
+            if rep:
+                rng = random.Random(f"{rep}:{line}")
+                r = {"id": f"{r['id']}~r{rep}", "title": r["title"], "text": perturb(r["text"], rng)}
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += size
     return n
+
+
+def write_corpus(n_passages: int, out: Path, procs: int = 4) -> int:
+    """Replicate the shared corpus (perturbed copies, see the module doc) up to ``n_passages``
+    passages (counted after chunking: a record over 200 words counts as its chunks).  Copies are
+    written by ``procs`` processes, one file each, then concatenated in copy order, so the
+    result does not depend on ``procs``."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    per_rep = sum(_records()[1])
+    reps = -(-n_passages // per_rep)
+    jobs = [(r, min(per_rep, n_passages - r * per_rep), f"{out}.rep{r}") for r in range(reps)]
+    with ProcessPoolExecutor(procs) as ex:
+        counts = list(ex.map(_write_rep, jobs))
+    tmp = out.with_suffix(".part")
+    with open(tmp, "wb") as f:
+        for _, _, part in jobs:
+            with open(part, "rb") as g:
+                shutil.copyfileobj(g, f, 1 << 22)
+            os.remove(part)
+    os.replace(tmp, out)
+    return sum(counts)
 
 
 def load_queries() -> list[str]:
@@ -161,7 +187,9 @@ def child_build(corpus: str, out: str) -> None:
         t0 = time.perf_counter()
         m = build_index(corpus, kind="bm25", out=out, progress=False)
         build_s = time.perf_counter() - t0
-    print(json.dumps({"passages": m["count"], "build_s": build_s, "build_rss_gb": mem.peak / 2**30,
+        cpu = mem.proc.cpu_times()
+    print(json.dumps({"passages": m["count"], "build_s": build_s, "build_cpu_s": cpu.user + cpu.system,
+                      "build_rss_gb": mem.peak / 2**30,
                       "build_hwm_gb": proc_status().get("VmHWM"), "index_bytes": dir_size(Path(out)),
                       "store_bytes": os.path.getsize(Path(out) / "store.jsonl")}))
 
@@ -191,15 +219,19 @@ def child_serve(index: str, seconds: float, threads: int, store: str) -> None:
             _mmap_store(r)
         r.search_many(queries[:64], K)  # warm-up
         batch, done, i = 64, 0, 0
+        cpu0 = mem.proc.cpu_times()
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds or done < len(queries):
+        while time.perf_counter() - t0 < seconds or done < 256:
             qs = [queries[(i + j) % len(queries)] for j in range(batch)]
             res = r.search_many(qs, K)
             assert len(res) == batch and any(res)
             i, done = i + batch, done + batch
         dt = time.perf_counter() - t0
+        cpu1 = mem.proc.cpu_times()
+    cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     st = proc_status()
-    print(json.dumps({"qps": done / dt, "queries": done, "open_s": open_s, "rss_peak_gb": mem.peak / 2**30,
+    print(json.dumps({"qps": done / dt, "queries": done, "cpu_s": cpu_s, "qps_per_cpu_s": done / cpu_s,
+                      "open_s": open_s, "rss_peak_gb": mem.peak / 2**30,
                       "rss_anon_gb": st.get("RssAnon"), "rss_file_gb": st.get("RssFile"),
                       "hwm_gb": st.get("VmHWM")}))
 
@@ -257,6 +289,7 @@ def http_serve(index: str, seconds: float, clients: int = 2, batch: int = 8) -> 
                     i += batch
 
         with PeakRSS(proc.pid) as mem:
+            cpu0 = mem.proc.cpu_times()
             t0 = time.perf_counter()
             ts = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
             for t in ts:
@@ -264,8 +297,11 @@ def http_serve(index: str, seconds: float, clients: int = 2, batch: int = 8) -> 
             for t in ts:
                 t.join()
             dt = time.perf_counter() - t0
+            cpu1 = mem.proc.cpu_times()
         st = proc_status(proc.pid)
-        return {"http_qps": sum(counts) / dt, "http_rss_peak_gb": mem.peak / 2**30,
+        cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+        return {"http_qps": sum(counts) / dt, "http_server_qps_per_cpu_s": sum(counts) / cpu_s,
+                "http_rss_peak_gb": mem.peak / 2**30,
                 "http_rss_anon_gb": st.get("RssAnon"), "http_rss_file_gb": st.get("RssFile")}
     finally:
         proc.terminate()
@@ -326,7 +362,10 @@ def main() -> None:
     ap.add_argument("--keep-index", action="store_true", help="keep the index folders afterwards")
     ap.add_argument("--_build", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--_serve", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--write-corpus", nargs=2, metavar=("N", "PATH"), help="only write the N-passage corpus")
     args = ap.parse_args()
+    if args.write_corpus:
+        return print(write_corpus(int(args.write_corpus[0]), Path(args.write_corpus[1])))
     if args._build:
         return child_build(*args._build)
     if args._serve:
@@ -359,6 +398,7 @@ def main() -> None:
         r = results[str(n)]
         tag = f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k"
         out.update({f"qps_{tag}": round(r["qps"], 1), f"http_qps_{tag}": round(r["http_qps"], 1),
+                    f"qps_per_cpu_s_{tag}": round(r.get("qps_per_cpu_s") or 0, 1),
                     f"rss_gb_{tag}": round(max(r["rss_peak_gb"], r["http_rss_peak_gb"]), 3),
                     f"build_s_{tag}": round(r["build_s"], 1),
                     f"index_gb_{tag}": round(r["index_bytes"] / 1e9, 3),
