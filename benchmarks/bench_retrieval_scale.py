@@ -39,6 +39,7 @@ line is one JSON object with ``qps_1m``, ``qps_3m``, ``rss_gb_3m``, ``build_s_3m
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import math
@@ -122,6 +123,7 @@ def perturb(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
+@functools.lru_cache(maxsize=1)
 def _records() -> tuple[list[dict], list[int]]:
     from masksearch.retrieval.corpus import chunk_text
 
