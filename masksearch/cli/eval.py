@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from masksearch.cli.retrieval import add_search_cache_args
+
 
 def _csv_list(s: str | None) -> list[str]:
     return [x.strip() for x in (s or "").split(",") if x.strip()]
@@ -17,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="agent", help="rag-pe | agent (Agent-PE / any checkpoint) | teacher")
     p.add_argument("--model", default="smollm2", help="model spec: smollm2 | hf:PATH | openai:NAME | dashscope:NAME | vllm:NAME@URL")
     p.add_argument("--retriever", default=None, help="retriever spec, e.g. bm25:PATH (required)")
+    add_search_cache_args(p)
     p.add_argument("--benchmarks", default=None,
                    help="comma-separated: hotpotqa,fanoutqa,musique,2wiki,bamboogle,freshqa (or 'all')")
     p.add_argument("--data", action="append", default=[], help="a question file of any supported format (repeatable)")
@@ -66,7 +69,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra["max_new_tokens"] = args.max_new_tokens
     if args.info_max_tokens:
         extra["info_max_tokens"] = args.info_max_tokens
-    res = run_eval(args.method, model=args.model, retriever=args.retriever, benchmarks=benches, data=args.data,
+    from masksearch.retrieval import cache as search_cache
+
+    res = run_eval(args.method, model=args.model, retriever=search_cache.cli_spec(args), benchmarks=benches, data=args.data,
                    limit=args.limit, concurrency=args.concurrency, out_dir=args.out, k=args.k,
                    max_turns=args.max_turns, judge=args.judge, label=args.label, resume=not args.no_resume,
                    progress=not args.no_progress, **extra)
@@ -86,6 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     avg = res.get("avg") or {}
     print(f"{'avg':>10}: token_recall={100 * avg.get('token_recall', 0):5.1f}  wall {res['wall_s']:.0f}s  "
           f"-> {out / 'results.json'}")
+    search_cache.print_report()
     ran = sum(b.get("ran") or 0 for b in res["benchmarks"].values())
     if ran and sum(b.get("failed") or 0 for b in res["benchmarks"].values()) >= ran:
         import sys

@@ -18,6 +18,16 @@ def _non_negative_int(s: str) -> int:
     return v
 
 
+def add_search_cache_args(parser: argparse.ArgumentParser) -> None:
+    """``--search-cache PATH`` / ``--search-cache-mode`` (eval, cot): see masksearch.retrieval.cache."""
+    parser.add_argument("--search-cache", default=None, metavar="PATH",
+                        help="persistent search cache (one SQLite file) in front of the retriever; "
+                             "record with read-write, replay with read-only")
+    parser.add_argument("--search-cache-mode", default="read-write", choices=("read-write", "read-only", "off"),
+                        help="read-write (default), read-only (replay: a query not in the cache is an "
+                             "error, the retriever is not opened) or off")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index", help="index a corpus for search (BM25 or dense)",

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from masksearch.cli.retrieval import add_search_cache_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "vllm:NAME@URL), a role mapping 'planner=SPEC,observer=SPEC,default=SPEC', or "
                         "'provenance' (no LLM; RAMP files only)")
     p.add_argument("--retriever", required=True, help="retriever spec, e.g. bm25:INDEX_DIR")
+    add_search_cache_args(p)
     p.add_argument("--concurrency", type=int, default=8, help="runs in flight (a local model batches their calls)")
     p.add_argument("--limit", type=int, default=None, help="first N questions")
     p.add_argument("--resume", action="store_true", default=True,
@@ -69,7 +72,9 @@ def cmd_cot(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     opts = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
-    summary = run_cot(args.input, args.out, teacher, args.retriever, concurrency=args.concurrency,
+    from masksearch.retrieval import cache as search_cache
+
+    summary = run_cot(args.input, args.out, teacher, search_cache.cli_spec(args), concurrency=args.concurrency,
                       limit=args.limit, resume=args.resume, checkpoint_db=args.checkpoint_db, accept=accept,
                       max_turns=args.max_turns, k=args.k, max_docs=args.max_docs,
                       info_max_tokens=args.info_max_tokens, llm_judge=args.llm_judge,
@@ -79,6 +84,7 @@ def cmd_cot(args: argparse.Namespace) -> int:
             "mean_turns", "trajectories_per_minute", "input_lines_skipped", "failed", "failures")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     print(f"wrote {args.out}/trajectories.jsonl, {args.out}/sft.jsonl, {args.out}/summary.json")
+    search_cache.print_report()
     if summary.get("failed") and not summary.get("new_this_run"):
         print(f"error: every run this time failed ({summary['failed']}); nothing new was written", file=sys.stderr)
         return 1

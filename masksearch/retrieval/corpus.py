@@ -7,7 +7,8 @@ Formats (``fmt="auto"`` guesses from the path):
 - ``tsv``: DPR's ``id<TAB>text<TAB>title`` with a header line;
 - ``wikiextractor``: a folder of ``AA/wiki_00`` files holding JSON lines ``{id, url, title, text}``;
 - ``textdir``: a folder with one ``.txt`` file per page (file name = title, paragraphs on lines);
-- ``hf:NAME[:CONFIG][@SPLIT]``: a Hugging Face ``datasets`` dataset, streamed (needs network).
+- ``hf:NAME[:CONFIG][@SPLIT]``: a Hugging Face ``datasets`` dataset, streamed (needs network);
+- ``wikidump``: a MediaWiki XML dump, ``enwiki-*-pages-articles*.xml.bz2`` (:mod:`.wikidump`).
 
 Nothing reads the whole dump into memory.  Bad records (undecodable bytes, invalid JSON, missing
 fields, empty text) are counted in ``stats`` (a :class:`~masksearch.utils.jsonl.ReadStats`) and
@@ -35,7 +36,7 @@ from masksearch.errors import MaskSearchError
 from masksearch.utils.jsonl import ReadStats, decode_line
 from masksearch.utils.scrub import safe_text
 
-FORMATS = ("jsonl", "flashrag", "tsv", "wikiextractor", "textdir", "hf")
+FORMATS = ("jsonl", "flashrag", "tsv", "wikiextractor", "textdir", "hf", "wikidump")
 
 
 class CorpusError(MaskSearchError):
@@ -110,6 +111,8 @@ def detect_format(path: str | os.PathLike) -> str:
         raise CorpusError(f"{p}: folder holds neither WikiExtractor files (AA/wiki_00) nor .txt pages")
     if p.endswith((".tsv", ".tsv.gz")):
         return "tsv"
+    if p.endswith((".xml", ".xml.bz2")):  # a MediaWiki dump: enwiki-*-pages-articles*.xml.bz2
+        return "wikidump"
     # JSONL: look at the first object to tell FlashRAG ({id, contents}) from ours
     with open(p, "rb") as f:
         for raw in f:
@@ -316,6 +319,7 @@ _READERS = {
     "wikiextractor": _read_wikiextractor,
     "textdir": _read_textdir,
     "hf": _read_hf,
+    "wikidump": lambda *a: __import__("masksearch.retrieval.wikidump", fromlist=["_"]).read_wikidump(*a),
 }
 
 

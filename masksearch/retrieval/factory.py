@@ -15,6 +15,7 @@ SPEC_FORMS = (
     "bm25:DIR (a tantivy BM25 index built by `masksearch index --kind bm25`)",
     "chroma:DIR (a Chroma index built by `masksearch index --kind chroma`)",
     "hybrid:SPEC+SPEC[+...] (reciprocal-rank fusion, e.g. hybrid:bm25:DIR+chroma:DIR)",
+    "cache:FILE[@MODE]|SPEC (SPEC behind a persistent search cache; MODE read-write, read-only, off)",
     "ddg (DuckDuckGo web search)",
     "http://HOST:PORT (a `masksearch serve-retriever` server)",
     "module.path:attr (a BaseRetriever object or a factory returning one)",
@@ -31,15 +32,38 @@ def unknown(spec: Any, why: str = "") -> UnknownSpecError:
                             f"use one of:\n  {forms}")
 
 
-def make_retriever(spec: Any, k: int = 5, **kw: Any) -> BaseRetriever:
+def make_retriever(spec: Any, k: int = 5, *, search_cache: str | None = None, **kw: Any) -> BaseRetriever:
     """Build a retriever from a spec string (see :data:`SPEC_FORMS`) or return a
-    ``BaseRetriever`` as is.  ``kw`` go to the retriever's constructor."""
+    ``BaseRetriever`` as is.  ``kw`` go to the retriever's constructor.
+
+    ``search_cache="FILE[@MODE]"`` puts it behind the persistent search cache
+    (:mod:`masksearch.retrieval.cache`), like the spec ``cache:FILE[@MODE]|SPEC``.
+    """
+    if search_cache:
+        from masksearch.retrieval.cache import cache_spec, parse_option
+
+        path, mode = parse_option(search_cache)
+        spec = cache_spec(spec, path, mode) if isinstance(spec, str) else spec
+        if isinstance(spec, BaseRetriever):
+            from masksearch.retrieval.cache import wrap
+
+            return wrap(spec, path, mode)
     if isinstance(spec, BaseRetriever):
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise unknown(spec)
     spec = spec.strip()
     kind, _, rest = spec.partition(":")
+    if kind == "cache" and "|" in rest:
+        from masksearch.retrieval.cache import parse_option, wrap
+
+        option, _, inner = rest.partition("|")
+        path, mode = parse_option(option)
+        if mode == "off":
+            return make_retriever(inner, k=k, **kw)
+        if kw:  # constructor options go to the inner retriever, built now
+            return wrap(make_retriever(inner, k=k, **kw), path, mode, spec=inner, k=k)
+        return wrap(None, path, mode, spec=inner.strip(), k=k)
     if kind == "bm25" and rest:
         from masksearch.retrieval.bm25 import BM25Retriever
 

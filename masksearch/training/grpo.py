@@ -466,6 +466,7 @@ class GRPOScriptArguments:
 
     train_file: str = field(default="", metadata={"help": "RAMP or QA JSONL with the training questions."})
     retriever: str = field(default="", metadata={"help": "Retriever spec for rollouts, e.g. bm25:PATH/TO/INDEX."})
+    search_cache: str = field(default="", metadata={"help": "Search cache FILE[@read-write|read-only] (replayable rollouts)."})
     limit: int | None = field(default=None, metadata={"help": "Use at most this many training questions."})
     mask_counts: list[int] | None = field(default=None, metadata={"help": "Keep only RAMP questions with these mask counts."})
     curriculum: str = field(default="staged", metadata={"help": "staged (1->2->3->4 masks) | mixed | none."})
@@ -566,7 +567,7 @@ def run_grpo(
                                   "(build one with `masksearch index`)")
         from masksearch.retrieval import make_retriever
 
-        retriever = make_retriever(script.retriever)
+        retriever = make_retriever(script.retriever, search_cache=script.search_cache or None)
 
     spec = getattr(model_args, "model_name_or_path", None) or "smollm2"
     if model is None:
