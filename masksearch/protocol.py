@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from masksearch.trajectory import Step, Trajectory
 
@@ -227,14 +227,108 @@ def split_answer(answer: str | None) -> list[str]:
     return [a.strip() for a in answer.split("|") if a.strip()]
 
 
-def _step_information(step: Step, format_documents: Any = None) -> str:
+# ----------------------------------------------------------------------------------------------
+# the environment's half: retrieved documents as the model reads them
+
+NO_RESULTS = "No results found."
+
+
+def _fields(doc: Any) -> tuple[str, str, str]:
+    """(id, title, text) of a LangChain Document, a masksearch Document, a Passage or a dict."""
+    if isinstance(doc, dict):
+        meta = doc.get("metadata") or {}
+        text = doc.get("text", doc.get("page_content", doc.get("contents", "")))
+        return (str(doc.get("id", meta.get("id", "")) or ""), str(doc.get("title", meta.get("title", "")) or ""),
+                str(text or ""))
+    if hasattr(doc, "page_content"):
+        meta = getattr(doc, "metadata", None) or {}
+        pid = meta.get("id") or getattr(doc, "id", None) or ""
+        return str(pid), str(meta.get("title", "") or ""), doc.page_content or ""
+    return (str(getattr(doc, "id", "") or ""), str(getattr(doc, "title", "") or ""),
+            str(getattr(doc, "text", "") or ""))
+
+
+def _counter(tokenizer: Any) -> Callable[[str], int]:
+    if tokenizer is None:
+        return lambda s: len(s.split())
+    if callable(getattr(tokenizer, "encode", None)):
+        def count(s: str) -> int:
+            try:
+                return len(tokenizer.encode(s, add_special_tokens=False))
+            except TypeError:
+                return len(tokenizer.encode(s))
+        return count
+    return lambda s: len(tokenizer(s))
+
+
+def _cut(head: str, text: str, budget: int, count: Callable[[str], int]) -> str:
+    """``head`` plus the longest prefix of ``text`` (whole words, then ``...``) within ``budget``
+    tokens; ``""`` when not even one word fits."""
+    words = text.split()
+    lo, hi = 0, len(words)
+    while lo < hi:  # binary search on the word count
+        mid = (lo + hi + 1) // 2
+        if count(f"{head} {' '.join(words[:mid])} ...") <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return f"{head} {' '.join(words[:lo])} ..." if lo else ""
+
+
+def format_documents(docs: Sequence[Any], max_tokens: int | None = 512, tokenizer: Any = None,
+                     empty: str = NO_RESULTS) -> str:
+    """Format retrieved documents for a model: one ``Doc i (Title: T) text`` line each.
+
+    Documents are deduplicated by id (or by text when they have none), numbered from 1 in the
+    order given, and the whole block is cut to ``max_tokens`` tokens: whitespace words, or the
+    ``tokenizer``'s tokens when one is given.  The last document that does not fit is truncated
+    (ending in ``...``); the ones after it are dropped.  ``docs`` may be LangChain Documents,
+    ``masksearch.trajectory.Document``s, ``Passage``s or dicts, or a list of such lists (one per
+    query), which is flattened.  No documents -> ``empty``.
+    """
+    flat: list[Any] = []
+    for d in docs or []:
+        if isinstance(d, (list, tuple)):
+            flat.extend(d)
+        else:
+            flat.append(d)
+    count = _counter(tokenizer)
+    sep = 1 if tokenizer is not None else 0  # a newline costs a token, not a whitespace word
+    seen: set[str] = set()
+    lines: list[str] = []
+    used = 0
+    for d in flat:
+        pid, title, text = _fields(d)
+        text = " ".join(text.split())
+        key = f"id:{pid}" if pid else f"text:{text}"
+        if key in seen:
+            continue
+        seen.add(key)
+        head = f"Doc {len(lines) + 1} (Title: {title})"
+        line = f"{head} {text}".rstrip()
+        if max_tokens is None:
+            lines.append(line)
+            continue
+        cost = count(line) + (sep if lines else 0)
+        if used + cost <= max_tokens:
+            lines.append(line)
+            used += cost
+            continue
+        room = max_tokens - used - (sep if lines else 0)
+        cut = _cut(head, text, room, count) if room > 0 else ""
+        if cut:
+            lines.append(cut)
+        break
+    return "\n".join(lines) if lines else empty
+
+
+
+def _step_information(step: Step, fmt: Any = None) -> str:
     if step.information is not None:
         return step.information
     if step.error and not step.documents:
         return information_block(f"Search failed: {step.error}")
-    if format_documents is None:
-        from masksearch.retrieval.tool import format_documents as format_documents  # lazy: optional layer
-    return information_block(format_documents(step.documents))
+    return information_block((format_documents if fmt is None else fmt)(step.documents))
 
 
 def render_messages(
@@ -264,11 +358,6 @@ def render_messages(
     elif include_answer and traj.answer is not None:
         msgs.append({"role": "assistant", "content": answer_turn(traj.final_thought, traj.answer)})
     return msgs
-
-
-def render_text(traj: Trajectory, tokenizer: Any, **kw: Any) -> str:
-    """The exact text a model sees for this trajectory (the tokenizer's chat template)."""
-    return tokenizer.apply_chat_template(render_messages(traj, **kw), tokenize=False)
 
 
 def ensure_student_template(tokenizer: Any) -> Any:

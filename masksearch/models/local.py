@@ -23,7 +23,7 @@ import concurrent.futures
 import logging
 import math
 import threading
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ import numpy as np
 from langchain_core.documents import Document
 from pydantic import PrivateAttr
 
-from masksearch.retrieval.base import (IndexCorruptError, SearchRetriever, fast_doc, make_doc,
+from masksearch.retrieval.base import (IndexCorruptError, SearchRetriever, fast_doc,
                                        read_manifest, rebuild_hint, write_manifest, INDEX_FORMAT)
 from masksearch.retrieval.corpus import Passage
 
@@ -325,8 +324,3 @@ class BM25Retriever(SearchRetriever):
             self._store = None
 
 
-def make_doc_from_passage(p: Passage, score: float | None = None) -> Document:
-    return make_doc(p.id, p.title, p.text, score)
-
-
-_ = shutil

@@ -30,7 +30,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from masksearch.errors import MaskSearchError
 from masksearch.utils.jsonl import ReadStats, decode_line
@@ -387,4 +387,3 @@ def count_lines(path: str) -> int | None:
 
 __all__ = ["Passage", "read_corpus", "iter_passages", "chunk_text", "parent_id", "detect_format",
            "CorpusError", "FORMATS"]
-_ = Iterable

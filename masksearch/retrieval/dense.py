@@ -9,7 +9,6 @@ here, in batches, and handed to Chroma as vectors.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -218,4 +217,3 @@ class ChromaRetriever(SearchRetriever):
         return n
 
 
-_ = sys

@@ -9,7 +9,7 @@ retriever is asked for ``fetch_k`` candidates (default ``max(2k, 20)``) through 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Sequence
 
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
@@ -76,4 +76,3 @@ class HybridRetriever(SearchRetriever):
         return [rrf_fuse([p[i] for p in per], k, self.rrf_k, self.weights) for i in range(len(queries))]
 
 
-_ = Any

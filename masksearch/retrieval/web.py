@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from langchain_core.documents import Document
 
-from masksearch.retrieval.base import RemoteSearchError, SearchError, SearchRetriever, fast_doc
+from masksearch.retrieval.base import RemoteSearchError, SearchRetriever, fast_doc
 
 DEFAULT_BASE_URL = "https://html.duckduckgo.com"
 RATE_LIMIT_STATUSES = (202, 403, 429)
@@ -107,4 +107,3 @@ class DDGRetriever(SearchRetriever):
             return list(ex.map(lambda q: self._search(q, k), queries))
 
 
-_ = SearchError

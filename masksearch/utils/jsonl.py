@@ -86,10 +86,6 @@ def iter_jsonl(path: str | os.PathLike, stats: ReadStats | None = None,
             yield rec
 
 
-def read_jsonl(path: str | os.PathLike, **kw: Any) -> list[dict[str, Any]]:
-    return list(iter_jsonl(path, **kw))
-
-
 def _encode_line(rec: dict[str, Any]) -> str:
     """One record as a JSONL line: secrets scrubbed, lone surrogates replaced (never a crash)."""
     line = scrub(json.dumps(rec, ensure_ascii=False))
