@@ -103,6 +103,26 @@ def _lower(text: str) -> str:
     return low if len(low) == len(text) else text.translate(_ASCII_LOWER)
 
 
+def close_dropped_stop(text: str) -> str:
+    """Close a final ``<search>``/``<answer>`` cut by a stop sequence that the backend did not
+    echo back (API backends drop the stop string; token models never need this)."""
+    low = _lower(text)
+    for tag in (SEARCH, ANSWER):
+        o, c = f"<{tag}>", f"</{tag}>"
+        if low.count(o) == low.count(c) + 1 and low.rfind(o) > low.rfind(c):
+            text, low = text + c, low + c
+    return text
+
+
+def message_text(msg: Any) -> str:
+    """The text of a chat message (LangChain message, dict or plain content): string content as
+    is, content blocks joined by their ``text``."""
+    content = msg.get("content", "") if isinstance(msg, dict) else getattr(msg, "content", msg)
+    if isinstance(content, list):
+        content = "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
+    return "" if content is None else str(content)
+
+
 def tag_bodies(text: str, tag: str, low: str | None = None) -> list[str]:
     """Bodies of ``<tag>…</tag>`` pairs, left to right, non-overlapping: each opening tag pairs with
     the first closing tag after it (what ``re.findall(r"<tag>(.*?)</tag>")`` gives, in linear time)."""
@@ -154,13 +174,8 @@ def parse_action(text: str | None) -> Action:
         return Action("malformed", reason="empty")
     if len(text) > MAX_REPLY_CHARS:
         return Action("malformed", reason="too_long")
-    text = text.strip()
+    text = close_dropped_stop(text.strip())
     low = _lower(text)
-    # Close a final tag cut by a stop sequence that the backend did not echo back.
-    for tag in (SEARCH, ANSWER):
-        o, c = low.count(f"<{tag}>"), low.count(f"</{tag}>")
-        if o == c + 1 and low.rfind(f"<{tag}>") > low.rfind(f"</{tag}>"):
-            text, low = text + f"</{tag}>", low + f"</{tag}>"
     think_i = low.find(f"<{THINK}>")
     think_j = low.find(f"</{THINK}>", think_i + len(THINK) + 2) if think_i >= 0 else -1
     think = text[think_i + len(THINK) + 2:think_j].strip() if think_j >= 0 else ""

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from masksearch.protocol import ANSWER, SEARCH, STOP_SEQUENCES
+from masksearch.models.batching import eos_ids
+from masksearch.protocol import STOP_SEQUENCES, close_dropped_stop, message_text
 
 # Environment messages the student graph adds besides <information> blocks (never trained on).
 FINAL_ANSWER_PROMPT = (
@@ -80,34 +81,10 @@ def cut_text_at_stop(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> tuple[
     return (text[:best], True) if best is not None else (text, False)
 
 
-def close_dropped_stop(text: str) -> str:
-    """API backends drop the stop string: re-close a final unclosed ``<search>``/``<answer>`` so
-    the recorded turn is well formed (token models never need this)."""
-    for tag in (SEARCH, ANSWER):
-        o, c = text.count(f"<{tag}>"), text.count(f"</{tag}>")
-        if o == c + 1 and text.rfind(f"<{tag}>") > text.rfind(f"</{tag}>"):
-            return text + f"</{tag}>"
-    return text
-
-
-def _eos_ids(tokenizer: Any) -> set[int]:
-    ids = set()
-    for t in (getattr(tokenizer, "eos_token_id", None),):
-        if isinstance(t, int):
-            ids.add(t)
-    try:
-        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != getattr(tokenizer, "unk_token_id", None):
-            ids.add(im_end)
-    except Exception:  # pragma: no cover - tokenizer without that token
-        pass
-    return ids
-
-
 def cut_ids_at_stop(tokenizer: Any, ids: list[int], stops: Sequence[str] = STOP_SEQUENCES) -> tuple[int, str]:
     """Length of the shortest prefix of ``ids`` that completes a stop sequence or ends with an
     end-of-turn token, and why it ended (``stop``/``eos``/``none``)."""
-    eos = _eos_ids(tokenizer)
+    eos = set(eos_ids(tokenizer))
     n = len(ids)
     for i, t in enumerate(ids):
         if t in eos:
@@ -184,9 +161,7 @@ async def apolicy_messages(model: Any, messages: list[dict[str, str]], *,
     """One turn from any LangChain chat model.  Only ``stop`` is passed: generation settings of
     API models are the model object's own (``make_chat_model(spec, temperature=...)``)."""
     msg = await model.ainvoke(to_langchain(messages), stop=list(stop))
-    content = msg.content if isinstance(msg.content, str) else "".join(
-        p.get("text", "") if isinstance(p, dict) else str(p) for p in msg.content)
-    text, hit = cut_text_at_stop(content, stop)
+    text, hit = cut_text_at_stop(message_text(msg), stop)
     meta = dict(getattr(msg, "response_metadata", {}) or {})
     finish = "stop" if hit else str(meta.get("finish_reason") or "stop")
     if finish in ("stop", "eos"):
@@ -205,7 +180,7 @@ async def apolicy_ids(model: Any, ids: list[int], *, max_new_tokens: int, temper
     lps = [float(x) for x in (gen.logprobs if gen.logprobs is not None else [0.0] * len(out_ids))]
     n, why = cut_ids_at_stop(tok, out_ids, stop)
     out_ids, lps = out_ids[:n], lps[:n]
-    ended_with_eos = bool(out_ids) and out_ids[-1] in _eos_ids(tok)
+    ended_with_eos = bool(out_ids) and out_ids[-1] in set(eos_ids(tok))
     text = tok.decode(out_ids[:-1] if ended_with_eos else out_ids, skip_special_tokens=False)
     if why == "none":
         finish = "length" if len(out_ids) >= max_new_tokens else str(getattr(gen, "finish_reason", "stop") or "stop")

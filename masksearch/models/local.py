@@ -35,6 +35,7 @@ from masksearch.errors import MaskSearchError
 from masksearch.models.batching import (BatchWorker, Generation, Request, cut_at_stop, eos_ids, hit_stop,
                                          model_lock, sample_tokens, stop_window)
 from masksearch.models.embedded import materialize_embedded
+from masksearch.protocol import message_text
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,7 @@ def _message_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     out = []
     for m in messages:
         role = _ROLE.get(m.type, "user")
-        content = m.content if isinstance(m.content, str) else "".join(
-            p.get("text", "") if isinstance(p, dict) else str(p) for p in m.content)
-        out.append({"role": role, "content": content})
+        out.append({"role": role, "content": message_text(m)})
     return out
 
 
