@@ -49,14 +49,16 @@ class ExecutorError(MaskSearchError):
 # ----------------------------------------------------------------------------- work
 @dataclass
 class Failure:
-    """One item whose work raised: ``message`` is ``"Type: text"`` (first 200 characters)."""
+    """One item whose work raised: ``message`` is ``"Type: text"`` (secrets scrubbed, 200 characters)."""
 
     message: str
     error: BaseException | None = None
 
     @classmethod
     def of(cls, e: BaseException) -> "Failure":
-        return cls(f"{type(e).__name__}: {str(e)[:200]}", e)
+        from masksearch.utils.scrub import scrub  # error text may echo a key: never kept or shown
+
+        return cls(scrub(f"{type(e).__name__}: {e}")[:200], e)
 
 
 @dataclass
@@ -268,6 +270,9 @@ class JobReport:
         return sum(self.failed.values())
 
 
+_UNSUBMITTED = object()
+
+
 def _default_key(item: Any) -> str:
     return str(item["id"] if isinstance(item, dict) else item.id)
 
@@ -350,9 +355,10 @@ async def run_jobs(items: Iterable[Any], executor: Any, *, on_result: Callable[[
     def fill() -> None:
         nonlocal exhausted
         while not exhausted and len(in_flight) < executor.slots:
-            batch: list[Any] = []
+            batch: list[list[Any]] = []  # entries of this batch, already in `entries` (input order)
             while True:
-                size = batch_size(len(entries)) if callable(batch_size) else batch_size
+                pending = len(entries) - len(batch)
+                size = batch_size(pending) if callable(batch_size) else batch_size
                 if len(batch) >= size:
                     break
                 try:
@@ -371,14 +377,16 @@ async def run_jobs(items: Iterable[Any], executor: Any, *, on_result: Callable[[
                         rep.resumed += 1
                         entries.append([it, None, 0])
                         continue
-                batch.append(it)
+                e = [it, _UNSUBMITTED, len(batch)]
+                entries.append(e)
+                batch.append(e)
             if not batch:
                 return
             rep.ran += len(batch)
-            task = asyncio.ensure_future(executor.submit(batch))
+            task = asyncio.ensure_future(executor.submit([e[0] for e in batch]))
             in_flight.add(task)
-            for j, it in enumerate(batch):
-                entries.append([it, task, j])
+            for e in batch:
+                e[1] = task
 
     def drain() -> None:
         """Commit what is ready: the resolved head (ordered) or every finished item (unordered)."""
