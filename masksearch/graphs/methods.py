@@ -72,13 +72,15 @@ class TeacherMethod:
 
     Give ``context`` (a ``TeacherContext``) or the ``model``/``retriever`` and context options.
     ``graph``: a compiled teacher graph (e.g. with a checkpointer; runs are then threads
-    ``"<thread_prefix>:<id>"``).  ``retriever_name`` is recorded in the provenance when given."""
+    ``"<thread_prefix>:<id>"``).  ``record_retriever``: a name written into every trajectory's
+    provenance (``cot`` records the retriever spec)."""
 
     name = "teacher"
 
     def __init__(self, model: Any = None, retriever: Any = None, k: int = 3, max_turns: int = 4,
                  model_name: str | None = None, retriever_name: str | None = None, *, context: Any = None,
-                 graph: Any = None, thread_prefix: str | None = None, **options: Any):
+                 graph: Any = None, thread_prefix: str | None = None, record_retriever: str | None = None,
+                 **options: Any):
         from masksearch.graphs import teacher as tg
 
         if context is None:
@@ -88,7 +90,8 @@ class TeacherMethod:
             context.retriever = retriever
         self.context, self.graph, self.thread_prefix = context, graph, thread_prefix
         self.model_name = model_name or spec_name(model)
-        self.retriever_name = retriever_name
+        self.retriever_name = retriever_name or spec_name(retriever)
+        self.record_retriever = record_retriever
 
     def teacher_name(self) -> str:
         return self.context.teacher_name()
@@ -99,8 +102,8 @@ class TeacherMethod:
         ex_id = getattr(example, "id", None)
         thread = f"{self.thread_prefix}:{ex_id}" if self.thread_prefix else None
         traj = await arun_teacher(example, self.context, graph=self.graph, thread_id=thread)
-        if self.retriever_name:
-            traj.provenance.retriever = self.retriever_name
+        if self.record_retriever:
+            traj.provenance.retriever = self.record_retriever
         answer_match = getattr(example, "answer_match", None)
         if answer_match is not None:
             traj.metadata.setdefault("answer_match", answer_match)

@@ -235,7 +235,7 @@ def build_cot_method(teacher: Any, retriever: Any, *, k: int = 5, max_docs: int 
                                  info_max_tokens=info_max_tokens, llm_judge=llm_judge,
                                  model_options=dict(model_options or {}))
     return TeacherMethod(context=context, graph=graph or build_teacher_graph(), thread_prefix=context.teacher_name(),
-                         retriever_name=retriever_name)
+                         record_retriever=retriever_name)
 
 
 async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher: Any = "smollm2",
