@@ -66,9 +66,10 @@ def add_executor_args(p: argparse.ArgumentParser, what: str = "questions") -> No
 
 def executor_kwargs(args: argparse.Namespace) -> dict:
     """The executor options of a parsed command line, as keyword arguments of the job functions."""
-    if getattr(args, "executor", "local") == "local":
-        return {}
-    return {"executor": args.executor, "ray_address": args.ray_address, "workers": args.ray_workers}
+    from masksearch.utils.jobs import executor_options
+
+    return executor_options(getattr(args, "executor", None), getattr(args, "ray_address", None),
+                            getattr(args, "ray_workers", None))
 
 
 def build_parser() -> argparse.ArgumentParser:

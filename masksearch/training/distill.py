@@ -150,9 +150,10 @@ def _sft_config_for(sft_config: Any, output_dir: Path) -> Any:
 
 
 def _executor(args: Any) -> dict[str, Any]:
-    """The executor keywords of the job functions from the recipe (``executor``, ``ray_address``)."""
-    ex = getattr(args, "executor", "local") or "local"
-    return {} if ex == "local" else {"executor": ex, "ray_address": getattr(args, "ray_address", "") or None}
+    """The recipe's ``executor`` / ``ray_address`` as keywords of the job functions."""
+    from masksearch.utils.jobs import executor_options
+
+    return executor_options(getattr(args, "executor", None), getattr(args, "ray_address", None))
 
 
 def run_distill(args: DistillArguments, script_args: SFTScriptArguments, sft_config: Any,

@@ -251,6 +251,15 @@ def make_executor(executor: Any, work: Any, *, concurrency: int = 1, address: st
     raise ExecutorError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
 
 
+def executor_options(executor: str | None = None, ray_address: str | None = None,
+                     workers: int | None = None) -> dict[str, Any]:
+    """The executor keywords of the job functions (``generate_ramp``, ``run_cot``, ``run_eval``,
+    ``build_index``) from flags or a recipe: ``{}`` for a local run."""
+    if not executor or executor == "local":
+        return {}
+    return {"executor": executor, "ray_address": ray_address or None, "workers": workers}
+
+
 # ----------------------------------------------------------------------------- the runner
 @dataclass
 class JobReport:
@@ -448,4 +457,4 @@ def run_jobs_sync(items: Sequence[Any], executor: Any, **kw: Any) -> JobReport:
 
 
 __all__ = ["run_jobs", "run_jobs_sync", "JobReport", "Failure", "WorkerSpec", "LocalExecutor", "RayExecutor",
-           "make_executor", "require_ray", "batch_function", "ExecutorError", "EXECUTORS", "RAY_INSTALL_HINT"]
+           "make_executor", "executor_options", "require_ray", "batch_function", "ExecutorError", "EXECUTORS", "RAY_INSTALL_HINT"]
