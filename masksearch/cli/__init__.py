@@ -53,6 +53,25 @@ def _apply_request_flags(args: argparse.Namespace) -> None:
         raise UserError(str(e)) from None
 
 
+def add_executor_args(p: argparse.ArgumentParser, what: str = "questions") -> None:
+    """``--executor local|ray``, ``--ray-address``, ``--ray-workers`` (the job runner's executor)."""
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help=f"local (this process) or ray: spread the {what} over Ray workers, each building its "
+                        "model and retriever once from their specs (needs the [ray] extra)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join ('auto', 'ray://HOST:10001'); default: start a local Ray")
+    p.add_argument("--ray-workers", type=int, default=None,
+                   help="Ray workers (actors); default: one per CPU of the cluster")
+
+
+def executor_kwargs(args: argparse.Namespace) -> dict:
+    """The executor options of a parsed command line, as keyword arguments of the job functions."""
+    from masksearch.utils.jobs import executor_options
+
+    return executor_options(getattr(args, "executor", None), getattr(args, "ray_address", None),
+                            getattr(args, "ray_workers", None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="masksearch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -13,6 +13,8 @@ def _csv_list(s: str | None) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from masksearch.cli import add_executor_args
+
     p = sub.add_parser("eval", help="evaluate a method (rag-pe | agent | teacher) on benchmarks",
                        description="Run a method over benchmarks (concurrent, resumable) and write "
                                    "OUT/<benchmark>/predictions.jsonl, OUT/<benchmark>/view.html and OUT/results.json.")
@@ -37,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from masksearch.cli import add_request_flags
 
     add_request_flags(p)
+    add_executor_args(p, "questions (--concurrency is then per worker)")
     p.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="merge eval runs into the paper's table (Markdown, CSV, bar chart)",
@@ -49,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from masksearch.cli import UserError
+    from masksearch.cli import UserError, executor_kwargs
     from masksearch.data.benchmarks import PAPER_BENCHMARKS
     from masksearch.eval.runner import PREDICTIONS_FILE, run_eval
     from masksearch.eval.view import write_view
@@ -74,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = run_eval(args.method, model=args.model, retriever=search_cache.cli_spec(args), benchmarks=benches, data=args.data,
                    limit=args.limit, concurrency=args.concurrency, out_dir=args.out, k=args.k,
                    max_turns=args.max_turns, judge=args.judge, label=args.label, resume=not args.no_resume,
-                   progress=not args.no_progress, **extra)
+                   progress=not args.no_progress, **extra, **executor_kwargs(args))
     out = Path(args.out)
     for bench, b in res["benchmarks"].items():
         pred = out / bench / PREDICTIONS_FILE

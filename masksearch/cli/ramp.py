@@ -18,6 +18,8 @@ def _floats(s: str | None) -> list[float] | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from masksearch.cli import add_executor_args
+
     p = sub.add_parser(
         "ramp", help="generate RAMP (masked-passage) examples from a corpus",
         description="Select passages, find salient spans (rules | llm | ppl), mask 1..max of them and write "
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from masksearch.cli import add_request_flags
 
     add_request_flags(p)
+    add_executor_args(p, "span extraction")
     p.set_defaults(func=cmd_ramp)
 
     r = sub.add_parser("ramp-report", help="solvability of a RAMP file: is the source passage in the top-k of a search?",
@@ -53,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ramp(args: argparse.Namespace) -> int:
-    from masksearch.cli import UserError
+    from masksearch.cli import UserError, executor_kwargs
     from masksearch.data.ramp import PassageFilter, format_summary, generate_ramp
 
     if args.n < 1:
@@ -64,7 +67,7 @@ def cmd_ramp(args: argparse.Namespace) -> int:
         args.corpus, args.out, args.n, strategy=args.strategy, model=args.model, max_masks=args.max_masks,
         seed=args.seed, shard=args.shard, concurrency=args.concurrency, progress=not args.no_progress,
         mask_dist=_floats(args.mask_dist), resume=not args.no_resume,
-        passage_filter=PassageFilter(min_words=args.min_words, max_words=args.max_words),
+        passage_filter=PassageFilter(min_words=args.min_words, max_words=args.max_words), **executor_kwargs(args),
     )
     print(json.dumps(s) if args.json else format_summary(s))
     return 0

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--language", default="english", help="bm25: stemmer / stop-word language")
     p.add_argument("--batch-size", type=int, default=256, help="chroma: passages encoded per batch")
     p.add_argument("--no-progress", action="store_true")
+    from masksearch.cli import add_executor_args
+
+    add_executor_args(p, "parsing and chunking of the corpus (JSONL/FlashRAG; this process writes the index)")
     p.set_defaults(func=cmd_index)
 
     s = sub.add_parser("search", help="search with any retriever spec and print the documents",
@@ -87,6 +90,7 @@ def _user_error(msg: str):
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from masksearch.cli import executor_kwargs
     from masksearch.retrieval import build_index
 
     if not args.corpus.startswith("hf:") and not os.path.exists(args.corpus):
@@ -98,7 +102,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         opts = dict(batch_size=args.batch_size)
     try:
         m = build_index(args.corpus, kind=args.kind, out=args.out, chunk_words=args.chunk_words,
-                        shard=args.shard, progress=not args.no_progress, fmt=args.fmt, **opts)
+                        shard=args.shard, progress=not args.no_progress, fmt=args.fmt, **opts,
+                        **executor_kwargs(args))
     except ValueError as e:  # bad --shard, bad analyzer language
         raise _user_error(str(e)) from None
     print(f"indexed {m['count']} passages into {m['path']} ({args.kind}) in {m['build_s']:.1f}s; "

@@ -10,6 +10,8 @@ from masksearch.cli.retrieval import add_search_cache_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from masksearch.cli import add_executor_args
+
     p = sub.add_parser(
         "cot", help="run a teacher over RAMP/QA questions; write trajectories, SFT rows and a summary",
         description="Run the multi-agent teacher graph (or the LLM-free provenance teacher) over a RAMP "
@@ -46,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from masksearch.cli import add_request_flags
 
     add_request_flags(p)
+    add_executor_args(p, "questions")
     p.set_defaults(func=cmd_cot)
 
     g = sub.add_parser("graph", help="draw the teacher or student graph offline")
@@ -61,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_cot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from masksearch.cli import UserError
+    from masksearch.cli import UserError, executor_kwargs
     from masksearch.training.export import AcceptFilter, parse_teacher_spec, run_cot
 
     if not Path(args.input).exists():
@@ -79,7 +82,7 @@ def cmd_cot(args: argparse.Namespace) -> int:
                       max_turns=args.max_turns, k=args.k, max_docs=args.max_docs,
                       info_max_tokens=args.info_max_tokens, llm_judge=args.llm_judge,
                       search_queries=args.search_queries, shard=args.shard, model_options=opts,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, **executor_kwargs(args))
     keys = ("teacher", "trajectories", "accepted", "acceptance_rate", "by_status", "rejected_by_reason",
             "mean_turns", "trajectories_per_minute", "input_lines_skipped", "failed", "failures")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))

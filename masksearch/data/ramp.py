@@ -820,11 +820,33 @@ def _masked_key(masked: str) -> str:
     return hashlib.sha1(masked.encode()).hexdigest()
 
 
+class RampWorker:
+    """The span-extraction work of one worker (local, or a Ray actor built from plain options).
+
+    ``run_batch(cands)`` -> one ``(record | skip reason, stats)`` per candidate, in order; the first
+    entry's ``stats`` carry the batch's span drops and unparseable replies (counted by the driver),
+    the others ``None``."""
+
+    def __init__(self, strategy: str, seed: int = 0, max_masks: int = 4, mask_dist: Sequence[float] | None = None,
+                 model: Any = None, concurrency: int = 8):
+        self.drops: Counter = Counter()
+        self.extractor = make_extractor(strategy, MaskConfig(max_masks=max_masks, mask_dist=mask_dist), seed,
+                                        self.drops, model, concurrency)
+
+    async def run_batch(self, cands: Sequence[Candidate]) -> list[tuple[dict[str, Any] | str, dict | None]]:
+        before, unp = Counter(self.drops), getattr(self.extractor, "replies_unparseable", 0)
+        results = await self.extractor.process(cands)
+        stats = {"drops": dict(self.drops - before),
+                 "unparseable": getattr(self.extractor, "replies_unparseable", 0) - unp}
+        return [(r, stats if i == 0 else None) for i, r in enumerate(results)]
+
+
 def generate_ramp(corpus: Any, out: str | os.PathLike, n: int, strategy: str = "rules", model: Any = None,
                   max_masks: int = 4, seed: int = 0, shard: str | None = None, concurrency: int = 8,
                   progress: bool = True, *, mask_dist: Sequence[float] | None = None,
                   passage_filter: PassageFilter | None = None, oversample: float | None = None,
-                  resume: bool = True) -> dict[str, Any]:
+                  resume: bool = True, executor: str | None = None, ray_address: str | None = None,
+                  workers: int | None = None) -> dict[str, Any]:
     """Generate ``n`` RAMP examples (this shard's share of ``n`` with ``shard="i/k"``) into ``out``.
 
     ``corpus``: a corpus path (any format of ``masksearch.retrieval.read_corpus``) or an iterable
@@ -833,21 +855,30 @@ def generate_ramp(corpus: Any, out: str | os.PathLike, n: int, strategy: str = "
     bounds the model calls in flight (they are batched by a ``LocalChatModel``).  Rerunning with the
     same arguments resumes: finished ids are skipped, nothing is lost or duplicated.
 
+    ``executor="ray"`` (``ray_address``, ``workers``) spreads the span extraction over Ray workers,
+    each building its extractor (and model, from a spec string) once; the driver selects the
+    passages, commits the results in candidate order and is the only writer, so the file is the one
+    a local run writes.
+
     Returns a summary: ``kept`` (in the file for this job), ``written`` (this run), ``resumed``,
     ``skipped`` (by reason), ``filtered`` (passages the selection dropped, by reason),
     ``span_drops``, ``mask_counts`` and timing (``pps`` = passages processed per wall-clock second
     of the generation phase, ``cpu_pps`` per CPU second of this process, ``end_to_end_pps`` with the
     corpus scan).
     """
+    from masksearch.utils.jobs import LocalExecutor, WorkerSpec, make_executor, run_jobs
+
     if strategy not in STRATEGIES:
         raise UnknownSpecError(f"unknown RAMP strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     if n < 0:
         raise RampError(f"n must be >= 0, got {n}")
-    cfg = MaskConfig(max_masks=max_masks, mask_dist=mask_dist)
     try:
         i_shard, n_shards = parse_shard(shard) if isinstance(shard, (str, type(None))) else shard
     except ValueError as e:
         raise RampError(str(e)) from None
+    if executor == "ray" and not (model is None or isinstance(model, str)):
+        raise RampError("--executor ray builds the model in each worker: give --model as a spec string")
+    MaskConfig(max_masks=max_masks, mask_dist=mask_dist)  # a bad option fails here, before any work
     target = n // n_shards + (1 if i_shard < n % n_shards else 0)
     oversample = oversample if oversample is not None else (2.0 if strategy == "rules" else 4.0)
     t0 = time.perf_counter()
@@ -880,66 +911,66 @@ def generate_ramp(corpus: Any, out: str | os.PathLike, n: int, strategy: str = "
     drops: Counter = Counter()
     skipped: Counter = Counter()
     mask_counts: Counter = Counter()
+    c: Counter = Counter()  # kept, resumed, written, processed, unparseable
     summary: dict[str, Any] = {}
+    chunk_size = 256 if strategy == "rules" else max(1, concurrency)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def on_skip(cand: Candidate) -> int:  # already in the file: counts towards the target
+        c["kept"] += 1
+        c["resumed"] += 1
+        mask_counts[existing_counts.get(example_id(cand.passage_id, strategy, seed), 0)] += 1
+        return 1
 
-        bar = tqdm(total=target, desc=f"ramp {strategy}", unit="ex", dynamic_ncols=True)
+    def on_result(cand: Candidate, out: tuple[dict[str, Any] | str, dict | None]) -> int:
+        res, st = out
+        c["processed"] += 1
+        if st:
+            drops.update(st["drops"])
+            c["unparseable"] += st["unparseable"]
+        if isinstance(res, str):
+            skipped[res] += 1
+            return 0
+        mk = _masked_key(res["masked_passage"])
+        if mk in seen_masked:
+            skipped["duplicate"] += 1
+            return 0
+        seen_masked.add(mk)
+        if writer.write(res):
+            c["written"] += 1
+        c["kept"] += 1
+        mask_counts[res["mask_count"]] += 1
+        return 1
+
+    worker = dict(strategy=strategy, seed=seed, max_masks=max_masks, mask_dist=list(mask_dist) if mask_dist else None,
+                  model=model, concurrency=concurrency)
 
     async def drive() -> None:
-        extractor = make_extractor(strategy, cfg, seed, drops, model, concurrency)
-        kept = resumed = written = processed = 0
-        pos = 0
-        chunk_size = 256 if strategy == "rules" else max(1, concurrency)
+        if executor in (None, "local"):
+            ex = LocalExecutor(RampWorker(**worker), concurrency=1)
+        else:
+            ex = make_executor(executor, WorkerSpec("masksearch.data.ramp:RampWorker", worker), concurrency=1,
+                               address=ray_address, workers=workers)
         t1, c1 = time.perf_counter(), time.process_time()
-        while kept < target and pos < len(cands):
-            batch: list[Candidate] = []
-            while pos < len(cands) and len(batch) < min(chunk_size, target - kept):
-                c = cands[pos]
-                pos += 1
-                rid = example_id(c.passage_id, strategy, seed)
-                if rid in writer.done:
-                    kept += 1
-                    resumed += 1
-                    mask_counts[existing_counts.get(rid, 0)] += 1
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                batch.append(c)
-            if not batch:
-                continue
-            results = await extractor.process(batch)
-            processed += len(batch)
-            for res in results:
-                if isinstance(res, str):
-                    skipped[res] += 1
-                    continue
-                mk = _masked_key(res["masked_passage"])
-                if mk in seen_masked:
-                    skipped["duplicate"] += 1
-                    continue
-                seen_masked.add(mk)
-                if writer.write(res):
-                    written += 1
-                kept += 1
-                mask_counts[res["mask_count"]] += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
+        try:
+            await run_jobs(cands, ex, key=lambda cd: example_id(cd.passage_id, strategy, seed), done=writer.done,
+                           on_result=on_result, on_skip=on_skip, ordered=True, fail_fast=True,
+                           batch_size=lambda pending: min(chunk_size, target - c["kept"] - pending),
+                           stop=lambda: c["kept"] >= target,
+                           progress={"total": target, "desc": f"ramp {strategy}", "unit": "ex"} if progress else None,
+                           postfix=lambda: {"skipped": sum(skipped.values())})
+        finally:
+            ex.close()
         elapsed, cpu = time.perf_counter() - t1, time.process_time() - c1
-        summary.update(kept=kept, written=written, resumed=resumed, processed=processed,
+        processed = c["processed"]
+        summary.update(kept=c["kept"], written=c["written"], resumed=c["resumed"], processed=processed,
                        gen_s=round(elapsed, 3), pps=round(processed / elapsed, 2) if elapsed > 0 else None,
                        gen_cpu_s=round(cpu, 3), cpu_pps=round(processed / cpu, 2) if cpu > 0 else None,
-                       unparseable_replies=getattr(extractor, "replies_unparseable", 0))
+                       unparseable_replies=c["unparseable"])
 
     try:
         run_sync(drive())
     finally:
         writer.close()
-        if bar is not None:
-            bar.close()
     total_s = time.perf_counter() - t0
     summary.update(
         out=str(out), strategy=strategy, seed=seed, shard=f"{i_shard}/{n_shards}", target=target,
@@ -948,6 +979,7 @@ def generate_ramp(corpus: Any, out: str | os.PathLike, n: int, strategy: str = "
         span_drops=dict(drops.most_common()), mask_counts={k: mask_counts[k] for k in sorted(mask_counts)},
         corpus=stats.summary(), candidates=len(cands), select_s=round(t_select, 3), total_s=round(total_s, 3),
         end_to_end_pps=round(summary.get("processed", 0) / total_s, 2) if total_s > 0 else None,
+        executor=executor or "local",
     )
     return summary
 

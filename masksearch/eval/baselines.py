@@ -3,19 +3,17 @@
 * **RAG-PE** (:class:`RagPE`): retrieve the top-k passages for the question, answer in one model
   call with a prompt asking for a short answer in ``<answer>`` tags.  The run is saved as a
   :class:`~masksearch.trajectory.Trajectory` with one search step (the question as the query).
-* **Agent-PE / any checkpoint** (:class:`AgentMethod`): the student graph with the given model
-  (an untrained model gives Agent-PE; ``hf:PATH`` evaluates a trained checkpoint).
-* **Teacher** (:class:`TeacherMethod`): the multi-agent teacher graph.
+* **Agent-PE / any checkpoint** (:class:`AgentMethod`, i.e.
+  :class:`masksearch.graphs.methods.StudentMethod`): the student graph with the given model (an
+  untrained model gives Agent-PE; ``hf:PATH`` evaluates a trained checkpoint).
+* **Teacher** (:class:`masksearch.graphs.methods.TeacherMethod`): the multi-agent teacher graph.
 
-A method is an object with ``async __call__(example) -> Trajectory`` and a ``name``;
-:func:`make_method` builds one from a name.
+A method is an object with ``async __call__(example) -> Trajectory`` and a ``name``
+(:class:`masksearch.graphs.methods.Method`); :func:`make_method` builds one from a name.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import inspect
 import re
 from typing import Any
 
@@ -23,6 +21,7 @@ from masksearch.data.qa import QAExample
 from masksearch.errors import UnknownSpecError
 from masksearch.protocol import ANSWER, information_block, parse_action
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
+from masksearch.graphs.methods import StudentMethod, TeacherMethod
 from masksearch.utils.names import spec_name
 
 METHODS = ("rag-pe", "agent", "teacher")
@@ -119,64 +118,8 @@ class RagPE:
         return traj
 
 
-def _accepted(cls: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """The options a context class (dataclass or plain) accepts; the rest are dropped."""
-    if dataclasses.is_dataclass(cls):
-        names = {f.name for f in dataclasses.fields(cls)}
-    else:
-        names = set(inspect.signature(cls).parameters)
-    return {k: v for k, v in options.items() if k in names and v is not None}
-
-
-class AgentMethod:
-    """The student graph: Agent-PE with an untrained model, or a trained checkpoint."""
-
-    name = "agent"
-
-    def __init__(self, model: Any, retriever: Any, k: int = 3, max_turns: int = 4, model_name: str | None = None,
-                 retriever_name: str | None = None, **options: Any):
-        from masksearch.graphs.student import StudentContext
-
-        opts = {"model": model, "retriever": retriever, "k": k, "max_turns": max_turns, **options}
-        self.context = StudentContext(**_accepted(StudentContext, opts))
-        self.model_name = model_name or spec_name(model)
-        self.retriever_name = retriever_name or spec_name(retriever)
-
-    async def __call__(self, example: QAExample) -> Trajectory:
-        from masksearch.graphs.student import arun_student
-
-        traj = await arun_student(example, self.context)
-        traj.metadata.setdefault("answer_match", example.answer_match)
-        if not traj.provenance.models:
-            traj.provenance.models = {"policy": self.model_name}
-        if not traj.provenance.retriever:
-            traj.provenance.retriever = self.retriever_name
-        return traj
-
-
-class TeacherMethod:
-    """The multi-agent teacher graph as one more evaluated method."""
-
-    name = "teacher"
-
-    def __init__(self, model: Any, retriever: Any, k: int = 3, max_turns: int = 4, model_name: str | None = None,
-                 retriever_name: str | None = None, **options: Any):
-        from masksearch.graphs import teacher as tg
-
-        self._tg = tg
-        opts = {"models": model, "retriever": retriever, "k": k, "max_turns": max_turns, **options}
-        self.context = tg.TeacherContext(**_accepted(tg.TeacherContext, opts))
-        self.model_name = model_name or spec_name(model)
-        self.retriever_name = retriever_name or spec_name(retriever)
-
-    async def __call__(self, example: QAExample) -> Trajectory:
-        arun = getattr(self._tg, "arun_teacher", None)
-        if arun is not None:
-            traj = await arun(example, self.context)
-        else:
-            traj = await asyncio.to_thread(self._tg.run_teacher, example, self.context)
-        traj.metadata.setdefault("answer_match", example.answer_match)
-        return traj
+# the graph methods live with the graphs; training (cot) draws on the same ones
+AgentMethod = StudentMethod
 
 
 def make_method(name: str, model: Any, retriever: Any, **options: Any) -> Any:

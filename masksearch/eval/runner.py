@@ -98,46 +98,58 @@ def summarize_predictions(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+class EvalWorker:
+    """The work of one question: ``(benchmark, example) -> prediction record`` (the method, then the
+    optional judge, then the metrics).  A run that ends with status ``error`` raises, so it is
+    counted as failed, not written."""
+
+    def __init__(self, method: Any, judge: Any = None):
+        self.method, self.judge = method, judge
+
+    async def __call__(self, item: tuple[str, QAExample]) -> dict[str, Any]:
+        bench, ex = item
+        t0 = time.perf_counter()
+        traj = await self.method(ex)
+        if traj.status == "error":  # the graphs report a crashed run instead of raising
+            raise RuntimeError(traj.reason or "run ended with status error")
+        verdict = None
+        if self.judge is not None:
+            v = await self.judge.ajudge(ex.question, ex.golden_answers, traj.answer, example_match(ex))
+            verdict = v.to_dict()
+        return prediction_record(ex, traj, bench, time.perf_counter() - t0, verdict)
+
+
+def build_eval_worker(method: str, model: Any = "smollm2", retriever: Any = None, judge: str | None = None,
+                      **options: Any) -> EvalWorker:
+    """An :class:`EvalWorker` from spec strings (what each Ray worker builds once)."""
+    model_obj = _resolve_model(model)
+    m = make_method(method, model_obj, _resolve_retriever(retriever), **options)
+    j = None
+    if judge:
+        from masksearch.eval.judge import LLMJudge
+
+        j = LLMJudge(judge)
+    return EvalWorker(m, j)
+
+
 async def _run_benchmark(method: Any, examples: Sequence[QAExample], bench: str, out_path: Path,
-                         sem: asyncio.Semaphore, judge: Any, resume: bool, progress: bool,
+                         executor: Any, judge: Any, resume: bool, progress: bool,
                          position: int = 0, job: dict[str, Any] | None = None,
                          inputs: Sequence[Any] = ()) -> dict[str, Any]:
+    """One benchmark through the job runner; ``executor`` runs :class:`EvalWorker` items (shared by
+    every benchmark of the run).  ``method`` is only named here (the executor holds the work)."""
+    from masksearch.utils.jobs import run_jobs
+
+    name = method if isinstance(method, str) else getattr(method, "name", type(method).__name__)
     writer = ResumableJsonlWriter(out_path, resume=resume, job=job, inputs=inputs)
-    todo = [ex for ex in examples if ex.id not in writer.done]
-    failed: Counter = Counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"{method.name}:{bench}",
-                   unit="q", dynamic_ncols=True, position=position)
-
-    async def one(ex: QAExample) -> None:
-        async with sem:
-            t0 = time.perf_counter()
-            try:
-                traj = await method(ex)
-                if traj.status == "error":  # the graphs report a crashed run instead of raising
-                    raise RuntimeError(traj.reason or "run ended with status error")
-                verdict = None
-                if judge is not None:
-                    v = await judge.ajudge(ex.question, ex.golden_answers, traj.answer, example_match(ex))
-                    verdict = v.to_dict()
-                writer.write(prediction_record(ex, traj, bench, time.perf_counter() - t0, verdict))
-            except Exception as e:  # noqa: BLE001 - one bad question must not end the run
-                failed[scrub(f"{type(e).__name__}: {e}")[:200]] += 1
-            finally:
-                if bar is not None:
-                    bar.update(1)
-
-    t0 = time.perf_counter()
     try:
-        await asyncio.gather(*(one(ex) for ex in todo))
+        rep = await run_jobs([(bench, ex) for ex in examples], executor, key=lambda it: it[1].id,
+                             done=writer.done, on_result=lambda _it, rec: writer.write(rec) and None,
+                             progress={"desc": f"{name}:{bench}", "unit": "q", "position": position,
+                                       "total": len(examples)} if progress else None)
     finally:
         writer.close()
-        if bar is not None:
-            bar.close()
-    wall = time.perf_counter() - t0
+    ran, wall = rep.ran, rep.wall_s
     ids = {ex.id for ex in examples}
     summary = summarize_predictions(out_path) if out_path.exists() else {"n": 0, "metrics": {}}
     # only the requested questions count (a file may hold more from an earlier, larger --limit)
@@ -146,9 +158,9 @@ async def _run_benchmark(method: Any, examples: Sequence[QAExample], bench: str,
         summary = {"n": len(rows), "metrics": aggregate([r.get("metrics") or {} for r in rows]),
                    "status_counts": dict(Counter(r.get("status", "?") for r in rows)),
                    "avg_searches": sum(r.get("num_searches") or 0 for r in rows) / len(rows) if rows else 0.0}
-    summary.update({"requested": len(examples), "ran": len(todo), "failed": sum(failed.values()),
-                    "failures": dict(failed.most_common(5)), "wall_s": round(wall, 2),
-                    "questions_per_min": round(len(todo) / wall * 60, 2) if todo and wall > 0 else None})
+    summary.update({"requested": len(examples), "ran": ran, "failed": rep.n_failed,
+                    "failures": dict(rep.failed.most_common(5)), "wall_s": round(wall, 2),
+                    "questions_per_min": round(ran / wall * 60, 2) if ran and wall > 0 else None})
     return summary
 
 
@@ -156,8 +168,12 @@ async def arun_eval(method: str | Any = "agent", model: Any = "smollm2", retriev
                     benchmarks: Sequence[str] | None = None, data: Sequence[str] | None = None,
                     limit: int | None = None, concurrency: int = 8, out_dir: str | os.PathLike = "eval-out",
                     k: int = 3, max_turns: int = 4, judge: Any = None, label: str | None = None,
-                    resume: bool = True, progress: bool = True, **method_options: Any) -> dict[str, Any]:
+                    resume: bool = True, progress: bool = True, executor: str | None = None,
+                    ray_address: str | None = None, workers: int | None = None,
+                    **method_options: Any) -> dict[str, Any]:
     """Async :func:`run_eval` (for notebooks with a running event loop)."""
+    from masksearch.utils.jobs import LocalExecutor, WorkerSpec, make_executor
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources: list[str] = list(benchmarks or []) + list(data or [])
@@ -165,18 +181,39 @@ async def arun_eval(method: str | Any = "agent", model: Any = "smollm2", retriev
         raise ValueError("nothing to evaluate: give benchmarks (names) and/or data (files)")
     model_name = method_options.pop("model_name", None) or spec_name(model)
     retriever_name = method_options.pop("retriever_name", None) or spec_name(retriever)
-    if isinstance(method, str):
-        method_name = method
-        model_obj = _resolve_model(model)
-        retr_obj = _resolve_retriever(retriever)
-        method = make_method(method, model_obj, retr_obj, k=k, max_turns=max_turns, model_name=model_name,
-                             retriever_name=retriever_name, **method_options)
-    else:
-        method_name = getattr(method, "name", type(method).__name__)
-    if isinstance(judge, str):
-        from masksearch.eval.judge import LLMJudge
+    if executor not in (None, "local"):
+        # every worker builds the method (model, retriever) and the judge once, from their specs
+        if not isinstance(method, str) or not isinstance(model, (str, type(None))) \
+                or not isinstance(retriever, str) or not isinstance(judge, (str, type(None))):
+            from masksearch.errors import MaskSearchError
 
-        judge = LLMJudge(judge)
+            raise MaskSearchError(f"--executor {executor} builds the method in each worker: give the method by name "
+                                  "and the model, retriever and judge as spec strings")
+        method_name = method
+        spec = WorkerSpec("masksearch.eval.runner:build_eval_worker", dict(
+            method=method, model=model, retriever=retriever, judge=judge, k=k,
+            max_turns=max_turns, model_name=model_name, retriever_name=retriever_name, **method_options))
+        def make_ex() -> Any:
+            return make_executor(executor, spec, concurrency=concurrency, address=ray_address, workers=workers)
+        judge_name = judge or None
+    else:
+        if isinstance(method, str):
+            method_name = method
+            model_obj = _resolve_model(model)
+            retr_obj = _resolve_retriever(retriever)
+            method = make_method(method, model_obj, retr_obj, k=k, max_turns=max_turns, model_name=model_name,
+                                 retriever_name=retriever_name, **method_options)
+        else:
+            method_name = getattr(method, "name", type(method).__name__)
+        if isinstance(judge, str):
+            from masksearch.eval.judge import LLMJudge
+
+            judge = LLMJudge(judge)
+        judge_name = getattr(judge, "name", None) if judge is not None else None
+        work = EvalWorker(method, judge)
+
+        def make_ex() -> Any:
+            return LocalExecutor(work, concurrency=max(1, concurrency))
 
     results_path = out / RESULTS_FILE
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -184,7 +221,7 @@ async def arun_eval(method: str | Any = "agent", model: Any = "smollm2", retriev
         "label": label or previous.get("label") or f"{method_name} ({model_name})",
         "method": method_name, "model": model_name, "retriever": retriever_name,
         "k": k, "max_turns": max_turns, "limit": limit, "concurrency": concurrency,
-        "judge": getattr(judge, "name", None) if judge is not None else None,
+        "judge": judge_name, "executor": executor or "local",
         "benchmarks": dict(previous.get("benchmarks") or {}),
     }
     t_all = time.perf_counter()
@@ -197,15 +234,15 @@ async def arun_eval(method: str | Any = "agent", model: Any = "smollm2", retriev
         if names[bench] > 1:  # two --data files with the same name get separate result buckets
             bench = f"{bench}-{names[bench]}"
         loaded.append((src, bench, load_benchmark(src, limit=limit, stats=stats), stats))
-    # every benchmark's questions share one pool of `concurrency` slots, so a small --limit per
-    # benchmark still fills the model's batches
-    sem = asyncio.Semaphore(max(1, concurrency))
+    # every benchmark's questions share one executor (`concurrency` slots locally, or per Ray
+    # worker), so a small --limit per benchmark still fills the model's batches
+    ex_obj = make_ex()
 
     async def bench_task(i: int, src: str, bench: str, examples: list[QAExample], stats: ReadStats) -> None:
         is_file = os.path.exists(str(src))
         job = {"command": "eval", "method": method_name, "model": scrub(model_name),
                "source": input_fingerprint(src) if is_file else str(src)}
-        summary = await _run_benchmark(method, examples, bench, out / bench / PREDICTIONS_FILE, sem,
+        summary = await _run_benchmark(method_name, examples, bench, out / bench / PREDICTIONS_FILE, ex_obj,
                                        judge, resume, progress, position=i, job=job,
                                        inputs=[src] if is_file else [])
         summary["source"] = str(src)
@@ -218,7 +255,10 @@ async def arun_eval(method: str | Any = "agent", model: Any = "smollm2", retriev
                         f"(rerun to retry): {summary['failures']}"))
         _write_results(results_path, results)
 
-    await asyncio.gather(*(bench_task(i, *item) for i, item in enumerate(loaded)))
+    try:
+        await asyncio.gather(*(bench_task(i, *item) for i, item in enumerate(loaded)))
+    finally:
+        ex_obj.close()
     results["wall_s"] = round(time.perf_counter() - t_all, 2)
     results["wall_s_total"] = round(results["wall_s"] + (previous.get("wall_s_total", 0.0) if resume else 0.0), 2)
     _write_results(results_path, results)
@@ -251,4 +291,4 @@ def run_eval(method: str | Any = "agent", model: Any = "smollm2", retriever: Any
                               concurrency=concurrency, out_dir=out_dir, **kwargs))
 
 
-__all__ = ["run_eval", "arun_eval", "summarize_predictions", "prediction_record"]
+__all__ = ["run_eval", "arun_eval", "summarize_predictions", "prediction_record", "EvalWorker", "build_eval_worker"]

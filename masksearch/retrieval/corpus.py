@@ -161,19 +161,58 @@ def _open_maybe_compressed(path: str):
     return open(path, "rb")
 
 
+def _jsonl_rec(rec: dict, stem: str, lineno: int, chunk_words: int, stats: ReadStats) -> Iterator[Passage]:
+    text = rec.get("text")
+    if text is None and "contents" in rec:
+        yield from _flashrag_rec(rec, stem, lineno, chunk_words, stats)
+        return
+    if text is None:
+        stats.skipped["missing_field"] += 1
+        return
+    pid = rec.get("id", rec.get("_id"))
+    pid = str(pid) if pid not in (None, "") else f"{stem}:{lineno}"
+    yield from _emit(pid, rec.get("title", ""), text, chunk_words, stats)
+
+
 def _read_jsonl(path: str, chunk_words: int, stats: ReadStats) -> Iterator[Passage]:
     stem = Path(path).name
     for lineno, rec in _iter_json_lines(path, stats):
-        text = rec.get("text")
-        if text is None and "contents" in rec:
-            yield from _flashrag_rec(rec, stem, lineno, chunk_words, stats)
-            continue
-        if text is None:
-            stats.skipped["missing_field"] += 1
-            continue
-        pid = rec.get("id", rec.get("_id"))
-        pid = str(pid) if pid not in (None, "") else f"{stem}:{lineno}"
-        yield from _emit(pid, rec.get("title", ""), text, chunk_words, stats)
+        yield from _jsonl_rec(rec, stem, lineno, chunk_words, stats)
+
+
+LINE_FORMATS = ("jsonl", "flashrag")  # one record per line: blocks of lines parse independently
+
+
+def iter_line_blocks(path: str | os.PathLike, lines: int = 2000) -> Iterator[tuple[int, list[bytes]]]:
+    """``(first line number, raw lines)`` blocks of a line-based corpus, unparsed (cheap)."""
+    block: list[bytes] = []
+    start = 1
+    with _open_maybe_compressed(str(path)) as f:
+        for lineno, raw in enumerate(f, 1):
+            if not block:
+                start = lineno
+            block.append(raw)
+            if len(block) >= lines:
+                yield start, block
+                block = []
+    if block:
+        yield start, block
+
+
+def passages_from_lines(start: int, raw_lines: list[bytes], *, stem: str, fmt: str = "jsonl",
+                        chunk_words: int = 100, stats: ReadStats | None = None) -> list[Passage]:
+    """Parse and chunk one block of raw lines exactly as :func:`read_corpus` does (the per-line half
+    of the reader, which workers can run on blocks in parallel)."""
+    if fmt not in LINE_FORMATS:
+        raise CorpusError(f"format {fmt!r} is not line-based; blocks of lines need one of: {', '.join(LINE_FORMATS)}")
+    stats = stats if stats is not None else ReadStats()
+    per_rec = _jsonl_rec if fmt == "jsonl" else _flashrag_rec
+    out: list[Passage] = []
+    for lineno, raw in enumerate(raw_lines, start):
+        rec = decode_line(raw, stats)
+        if rec is not None:
+            out.extend(per_rec(rec, stem, lineno, chunk_words, stats))
+    return out
 
 
 def _flashrag_rec(rec: dict, stem: str, lineno: int, chunk_words: int, stats: ReadStats):
@@ -386,4 +425,4 @@ def count_lines(path: str) -> int | None:
 
 
 __all__ = ["Passage", "read_corpus", "iter_passages", "chunk_text", "parent_id", "detect_format",
-           "CorpusError", "FORMATS"]
+           "CorpusError", "FORMATS", "LINE_FORMATS", "iter_line_blocks", "passages_from_lines"]

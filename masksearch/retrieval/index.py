@@ -83,9 +83,91 @@ def _empty_corpus_message(name: str, stats: ReadStats) -> str:
     return msg
 
 
+class CorpusBlockWorker:
+    """Parse and chunk blocks of raw corpus lines (what a Ray worker does for ``index``)."""
+
+    def __init__(self, stem: str, fmt: str = "jsonl", chunk_words: int = 100):
+        self.stem, self.fmt, self.chunk_words = stem, fmt, chunk_words
+
+    def __call__(self, block: tuple[int, list[bytes]]) -> tuple[list[Passage], dict[str, Any]]:
+        from masksearch.retrieval.corpus import passages_from_lines
+
+        st = ReadStats()
+        out = passages_from_lines(block[0], block[1], stem=self.stem, fmt=self.fmt, chunk_words=self.chunk_words,
+                                  stats=st)
+        return out, {"read": st.read, "skipped": dict(st.skipped)}
+
+
+def _passages_on_workers(corpus: Any, fmt: str, chunk_words: int, stats: ReadStats, executor: str,
+                         address: str | None, workers: int | None, progress: bool) -> Iterator[Passage]:
+    """The corpus's passages, parsed and chunked on workers, in file order.
+
+    The driver reads raw lines (cheap) in blocks; the workers parse and chunk them; the results
+    come back in block order (the runner's ordered commit) and stream into the one index writer
+    here, so the index is the one a local build writes."""
+    import queue
+    import threading
+
+    from masksearch.retrieval.corpus import LINE_FORMATS, detect_format, iter_line_blocks
+    from masksearch.utils.aio import run_sync
+    from masksearch.utils.jobs import WorkerSpec, make_executor, run_jobs
+
+    if not isinstance(corpus, (str, os.PathLike)):
+        raise MaskSearchError(f"--executor {executor} indexes a corpus file; got {type(corpus).__name__}")
+    path = str(corpus)
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt not in LINE_FORMATS:
+        raise MaskSearchError(f"--executor {executor} reads line-based corpora ({', '.join(LINE_FORMATS)}); "
+                              f"{path} is {fmt}: index it without --executor")
+    spec = WorkerSpec("masksearch.retrieval.index:CorpusBlockWorker",
+                      {"stem": Path(path).name, "fmt": fmt, "chunk_words": chunk_words})
+    ex = make_executor(executor, spec, concurrency=2, address=address, workers=workers)  # Ray set up here
+    q: queue.Queue = queue.Queue(maxsize=16)
+    end, abandoned = object(), threading.Event()
+
+    def on_result(block: Any, res: tuple[list[Passage], dict[str, Any]]) -> int:
+        if abandoned.is_set():
+            raise MaskSearchError("index build abandoned")
+        passages, st = res
+        stats.read += st["read"]
+        stats.skipped.update(st["skipped"])
+        q.put(passages)
+        return len(block[1])
+
+    def produce() -> None:
+        try:
+            run_sync(run_jobs(iter_line_blocks(path), ex, key=lambda b: str(b[0]), on_result=on_result,
+                              ordered=True, fail_fast=True,
+                              progress={"desc": f"index [{executor}]", "unit": "line", "total": count_lines(path),
+                                        "file": sys.stderr, "mininterval": 0.5} if progress else None))
+            q.put(end)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the driver's thread
+            q.put(e)
+
+    t = threading.Thread(target=produce, name="index-blocks", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+    finally:
+        abandoned.set()
+        while t.is_alive():  # let the producer see `abandoned` instead of blocking on a full queue
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        ex.close()
+
+
 def build_index(corpus: Any, kind: str = "bm25", out: str | os.PathLike | None = None, *,
                 chunk_words: int = 100, shard: str | None = None, progress: bool = True,
-                fmt: str = "auto", overwrite: bool = True, **options: Any) -> dict[str, Any]:
+                fmt: str = "auto", overwrite: bool = True, executor: str | None = None,
+                ray_address: str | None = None, workers: int | None = None, **options: Any) -> dict[str, Any]:
     """Index ``corpus`` (a path any :func:`read_corpus` format accepts, or an iterable of
     ``Passage``/dicts) into the folder ``out`` and return its manifest (plus ``build_s`` and
     ``read_stats``, the reader's summary line).
@@ -95,6 +177,10 @@ def build_index(corpus: Any, kind: str = "bm25", out: str | os.PathLike | None =
     ``shard="i/n"`` indexes records i, i+n, i+2n... only.  The index is written into a temp folder
     beside ``out`` and renamed into place when complete, so a killed build never leaves a folder
     that loads; an existing index at ``out`` is replaced (``overwrite=False`` refuses).
+
+    ``executor="ray"`` (``ray_address``, ``workers``): Ray workers parse and chunk blocks of the
+    corpus's lines (JSONL and FlashRAG files); the passages come back in file order and this
+    process, the only writer, builds the index from them (the same index as a local build).
     """
     if kind not in KINDS:
         raise MaskSearchError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
@@ -121,12 +207,18 @@ def build_index(corpus: Any, kind: str = "bm25", out: str | os.PathLike | None =
     stats = ReadStats()
     shard_t = parse_shard(shard)
     corpus_name = str(corpus) if isinstance(corpus, (str, os.PathLike)) else None
-    passages: Iterable[Passage] = iter_passages(corpus, chunk_words=chunk_words, stats=stats, fmt=fmt)
+    distributed = executor not in (None, "local")
+    if distributed:
+        passages: Iterable[Passage] = _passages_on_workers(corpus, fmt, chunk_words, stats, executor, ray_address,
+                                                           workers, progress)
+    else:
+        passages = iter_passages(corpus, chunk_words=chunk_words, stats=stats, fmt=fmt)
     if shard_t != (0, 1):
         passages = (p for i, p in enumerate(passages) if in_shard(i, shard_t))
     passages = _dedupe(passages, stats)
-    total = count_lines(corpus_name) if corpus_name and shard_t == (0, 1) else None
-    passages = _progress(passages, total, f"index {kind}", progress)
+    if not distributed:  # the workers' run has its own bar
+        total = count_lines(corpus_name) if corpus_name and shard_t == (0, 1) else None
+        passages = _progress(passages, total, f"index {kind}", progress)
 
     extra = {"corpus": os.path.abspath(corpus_name) if corpus_name and os.path.exists(corpus_name)
              else corpus_name, "chunk_words": chunk_words, "shard": shard, "built_at": time.time()}

@@ -58,6 +58,9 @@ class DistillArguments:
     teacher_questions: int = field(default=200, metadata={"help": "Questions the round-0 teacher solves."})
     student_questions: int = field(default=100, metadata={"help": "New questions the student solves per round."})
     heldout_questions: int = field(default=50, metadata={"help": "Held-out RAMP questions for answer recall."})
+    executor: str = field(default="local", metadata={
+        "help": "Where RAMP generation and the round-0 teacher run: local | ray (docs/distributed.md)."})
+    ray_address: str = field(default="", metadata={"help": "Ray cluster to join with executor: ray (default: a local Ray)."})
     student_accept: str = field(default="em", metadata={
         "help": "Judge filter for student runs (AcceptFilter spec); runs must also be grounded."})
     k: int = 3

@@ -125,7 +125,8 @@ def prepare_splits(args: DistillArguments, workdir: Path, rounds: int) -> dict[s
         corpus = args.corpus or (str(shared_corpus()) if shared_corpus() else "")
         if not corpus:
             raise MaskSearchError("distill needs RAMP questions: give --ramp_file or --corpus")
-        generate_ramp(corpus, ramp, n=max(args.ramp_total, need), seed=args.split_seed, progress=False)
+        generate_ramp(corpus, ramp, n=max(args.ramp_total, need), seed=args.split_seed, progress=False,
+                      **_executor(args))
     if not ramp.exists():
         raise MaskSearchError(f"RAMP file not found: {ramp} (make one with `masksearch ramp`)")
     recs = list(iter_jsonl(ramp))
@@ -146,6 +147,13 @@ def prepare_splits(args: DistillArguments, workdir: Path, rounds: int) -> dict[s
 def _sft_config_for(sft_config: Any, output_dir: Path) -> Any:
     cfg = dataclasses.replace(sft_config, output_dir=str(output_dir))
     return cfg
+
+
+def _executor(args: Any) -> dict[str, Any]:
+    """The recipe's ``executor`` / ``ray_address`` as keywords of the job functions."""
+    from masksearch.utils.jobs import executor_options
+
+    return executor_options(getattr(args, "executor", None), getattr(args, "ray_address", None))
 
 
 def run_distill(args: DistillArguments, script_args: SFTScriptArguments, sft_config: Any,
@@ -175,7 +183,7 @@ def run_distill(args: DistillArguments, script_args: SFTScriptArguments, sft_con
     else:
         teacher_summary = run_cot(splits["teacher"], t0_dir, teacher=args.teacher, retriever=args.retriever,
                                   k=args.k, info_max_tokens=args.info_max_tokens, concurrency=args.concurrency,
-                                  accept=script_args.accept, progress=progress)
+                                  accept=script_args.accept, progress=progress, **_executor(args))
     round0 = {"round": 0, "teacher": teacher_summary.get("teacher", args.teacher),
               "questions": teacher_summary.get("trajectories"), "accepted": teacher_summary.get("accepted"),
               "acceptance_rate": teacher_summary.get("acceptance_rate"),

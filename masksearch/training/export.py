@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import os
@@ -208,39 +207,102 @@ def summarize(trajs: list[Trajectory], accepted: Mapping[str, bool], reasons: Co
     }
 
 
+def build_cot_method(teacher: Any, retriever: Any, *, k: int = 5, max_docs: int = 10, max_turns: int = 5,
+                     info_max_tokens: int = 512, llm_judge: bool = False, model_options: dict[str, Any] | None = None,
+                     graph: Any = None, retriever_name: str | None = None) -> Any:
+    """The ``cot`` job's method, ``async (example) -> Trajectory``: the provenance teacher or the
+    teacher graph.  ``teacher`` and ``retriever`` are specs or objects; from specs alone this is
+    what each Ray worker builds once."""
+    from masksearch.graphs.methods import TeacherMethod
+
+    teacher = parse_teacher_spec(teacher)
+    if isinstance(retriever, str):
+        from masksearch.retrieval import make_retriever
+
+        retriever_name = retriever_name or retriever
+        retriever = make_retriever(retriever, k=k)
+    if isinstance(teacher, str) and teacher == "provenance":
+        from masksearch.training.provenance import ProvenanceMethod
+
+        return ProvenanceMethod(retriever, k=k, info_max_tokens=info_max_tokens, retriever_name=retriever_name)
+    from masksearch.graphs.teacher import TeacherContext, build_teacher_graph
+
+    if isinstance(teacher, TeacherContext):
+        context = teacher
+        context.retriever = retriever
+    else:
+        context = TeacherContext(models=teacher, retriever=retriever, k=k, max_docs=max_docs, max_turns=max_turns,
+                                 info_max_tokens=info_max_tokens, llm_judge=llm_judge,
+                                 model_options=dict(model_options or {}))
+    return TeacherMethod(context=context, graph=graph or build_teacher_graph(), thread_prefix=context.teacher_name(),
+                         record_retriever=retriever_name)
+
+
 async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher: Any = "smollm2",
                    retriever: Any = None, *, concurrency: int = 4, limit: int | None = None,
                    resume: bool = True, checkpoint_db: str | None = None, accept: Any = None,
                    max_turns: int = 5, k: int = 5, max_docs: int = 10, info_max_tokens: int = 512,
                    llm_judge: bool = False, search_queries: SearchQueries = "first", shard: str | None = None,
-                   model_options: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+                   model_options: dict[str, Any] | None = None, progress: bool = True,
+                   executor: str | None = None, ray_address: str | None = None,
+                   workers: int | None = None) -> dict[str, Any]:
     """Async :func:`run_cot`."""
     from masksearch.data.qa import iter_qa
+    from masksearch.errors import MaskSearchError
+    from masksearch.utils.jobs import LocalExecutor, WorkerSpec, make_executor, run_jobs
     from masksearch.utils.jsonl import ReadStats, ResumableJsonlWriter, in_shard, parse_shard
 
     if not os.path.exists(input):
-        from masksearch.errors import MaskSearchError
-
         raise MaskSearchError(f"input file not found: {input} (a RAMP JSONL from `masksearch ramp` or a "
                               "benchmark file like ../shared/data/bench/hotpotqa.dev.jsonl)")
+    if retriever is None:
+        raise MaskSearchError("cot needs a retriever: --retriever bm25:DIR (build one with `masksearch index`)")
+    distributed = executor not in (None, "local")
+    teacher = parse_teacher_spec(teacher)
+    if distributed:
+        if not isinstance(teacher, (str, dict)) or not isinstance(retriever, str):
+            raise MaskSearchError(f"--executor {executor} builds the teacher in each worker: give the teacher "
+                                  "and the retriever as spec strings")
+        if checkpoint_db:
+            raise MaskSearchError(f"--checkpoint-db needs one writer: run without --executor {executor} "
+                                  "to record LangGraph checkpoints")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     filt = AcceptFilter.parse(accept)
-    teacher = parse_teacher_spec(teacher)
     is_prov = isinstance(teacher, str) and teacher == "provenance"
-
-    # the retriever (resolved once; a spec is kept as its name in the provenance)
+    # a spec is kept as its name in the provenance
     retriever_name = retriever if isinstance(retriever, str) else None
-    if isinstance(retriever, str):
-        from masksearch.retrieval import make_retriever
+    opts = dict(k=k, max_docs=max_docs, max_turns=max_turns, info_max_tokens=info_max_tokens, llm_judge=llm_judge,
+                model_options=dict(model_options or {}))
 
-        retriever_obj = make_retriever(retriever, k=k)
-    elif retriever is None:
-        from masksearch.errors import MaskSearchError
+    saver_cm = None
+    if distributed:
+        from masksearch.graphs.teacher import TeacherContext
 
-        raise MaskSearchError("cot needs a retriever: --retriever bm25:DIR (build one with `masksearch index`)")
+        teacher_name = "provenance" if is_prov else TeacherContext(models=teacher).teacher_name()
+        spec = WorkerSpec("masksearch.training.export:build_cot_method",
+                          dict(teacher=teacher, retriever=retriever, **opts))
+        make_ex = lambda: make_executor(executor, spec, concurrency=concurrency, address=ray_address,  # noqa: E731
+                                        workers=workers)
+        retriever_label = retriever
     else:
-        retriever_obj = retriever
+        if isinstance(retriever, str):
+            from masksearch.retrieval import make_retriever
+
+            retriever = make_retriever(retriever, k=k)
+        graph = None
+        if not is_prov:
+            from masksearch.graphs.teacher import build_teacher_graph
+
+            if checkpoint_db:
+                from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+                saver_cm = AsyncSqliteSaver.from_conn_string(str(checkpoint_db))
+                graph = build_teacher_graph(checkpointer=await saver_cm.__aenter__())
+        method = build_cot_method(teacher, retriever, graph=graph, retriever_name=retriever_name, **opts)
+        teacher_name = method.teacher_name()
+        make_ex = lambda: LocalExecutor(method, concurrency=max(1, concurrency))  # noqa: E731
+        retriever_label = retriever_name or type(retriever).__name__
 
     stats = ReadStats()
     sh = parse_shard(shard)
@@ -263,10 +325,10 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
     except BaseException:
         traj_w.close()
         raise
+    accepted: dict[str, bool] = {}
+    reasons: Counter = Counter()
+    previous: list[Trajectory] = []
     try:
-        accepted: dict[str, bool] = {}
-        reasons: Counter = Counter()
-        previous: list[Trajectory] = []
         if resume and traj_w.done:  # re-check earlier runs; write any accepted row lost in a kill
             from masksearch.trajectory import read_trajectories
 
@@ -278,98 +340,45 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
                 elif t.id not in sft_w.done:
                     sft_w.write({"id": t.id, **trajectory_to_sft_row(t, search_queries=search_queries)})
                 previous.append(t)
-        todo = [ex for ex in examples if ex.id not in traj_w.done]
-        seen: set[str] = set()
-        todo = [ex for ex in todo if not (ex.id in seen or seen.add(ex.id))]  # duplicate ids run once
-
-        context = None
-        graph = None
-        saver_cm = None
-        if not is_prov:
-            from masksearch.graphs.teacher import TeacherContext, build_teacher_graph
-
-            if isinstance(teacher, TeacherContext):
-                context = teacher
-                context.retriever = retriever_obj
-            else:
-                context = TeacherContext(models=teacher, retriever=retriever_obj, k=k, max_docs=max_docs,
-                                         max_turns=max_turns, info_max_tokens=info_max_tokens, llm_judge=llm_judge,
-                                         model_options=dict(model_options or {}))
-            if checkpoint_db:
-                from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-                saver_cm = AsyncSqliteSaver.from_conn_string(str(checkpoint_db))
-                graph = build_teacher_graph(checkpointer=await saver_cm.__aenter__())
-            else:
-                graph = build_teacher_graph()
-        teacher_name = "provenance" if is_prov else context.teacher_name()
-
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(todo), desc=f"cot [{teacher_name}]", unit="traj", dynamic_ncols=True)
-
-        sem = asyncio.Semaphore(max(1, concurrency))
-        new: list[Trajectory] = []
-        failed: Counter = Counter()
-
-        async def one(ex: Any) -> Trajectory | None:
-            try:
-                return await _one(ex)
-            except Exception as e:  # noqa: BLE001 - one bad question must not end the job
-                failed[scrub(f"{type(e).__name__}: {e}")[:200]] += 1
-                return None
-
-        async def _one(ex: Any) -> Trajectory:
-            async with sem:
-                if is_prov:
-                    from masksearch.training.provenance import run_provenance
-
-                    return await asyncio.to_thread(run_provenance, ex, retriever_obj, k=k,
-                                                   info_max_tokens=info_max_tokens, retriever_name=retriever_name)
-                from masksearch.graphs.teacher import arun_teacher
-
-                t = await arun_teacher(ex, context, graph=graph, thread_id=f"{teacher_name}:{ex.id}")
-                if retriever_name:
-                    t.provenance.retriever = retriever_name
-                return t
-
     except BaseException:
         traj_w.close()
         sft_w.close()
         raise
+    new: list[Trajectory] = []
+    failed: Counter = Counter()
+
+    def on_result(_ex: Any, t: Trajectory) -> None:  # the driver is the only writer
+        if t.status == "error":
+            # a transient failure (endpoint down, timeout) is not final: not written, so the next
+            # run retries it, as eval does
+            failed[scrub(t.reason or "run ended with status error")[:200]] += 1
+            return
+        ok, why = filt.check(t)
+        accepted[t.id] = ok
+        t.metadata["accepted"] = ok
+        t.metadata["accept_reason"] = why
+        traj_w.write(t.to_dict())
+        if ok:
+            sft_w.write({"id": t.id, **trajectory_to_sft_row(t, search_queries=search_queries)})
+        else:
+            reasons[why] += 1
+        new.append(t)
+
+    def acceptance() -> dict[str, str]:
+        return {"acc": f"{sum(1 for x in accepted.values() if x) / max(1, len(accepted)):.0%}"}
 
     t0 = time.perf_counter()
+    ex_obj = None
     try:
-        for fut in asyncio.as_completed([one(ex) for ex in todo]):
-            t = await fut
-            if t is None or t.status == "error":
-                # a transient failure (endpoint down, timeout) is not final: not written, so the
-                # next run retries it, as eval does
-                if t is not None:
-                    failed[scrub(t.reason or "run ended with status error")[:200]] += 1
-                if bar is not None:
-                    bar.update(1)
-                continue
-            ok, why = filt.check(t)
-            accepted[t.id] = ok
-            t.metadata["accepted"] = ok
-            t.metadata["accept_reason"] = why
-            traj_w.write(t.to_dict())
-            if ok:
-                sft_w.write({"id": t.id, **trajectory_to_sft_row(t, search_queries=search_queries)})
-            else:
-                reasons[why] += 1
-            new.append(t)
-            if bar is not None:
-                n_acc = sum(1 for x in accepted.values() if x)
-                bar.set_postfix(acc=f"{n_acc / max(1, len(accepted)):.0%}")
-                bar.update(1)
+        ex_obj = make_ex()
+        rep = await run_jobs(examples, ex_obj, done=traj_w.done, on_result=on_result,
+                             progress={"desc": f"cot [{teacher_name}]", "unit": "traj"} if progress else None,
+                             postfix=acceptance)
+        failed.update(rep.failed)  # runs that raised (one bad question must not end the job)
     finally:
         elapsed = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
+        if ex_obj is not None:
+            ex_obj.close()
         traj_w.close()
         sft_w.close()
         if saver_cm is not None:
@@ -378,7 +387,7 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
     summary = summarize(previous + new, accepted, reasons)
     summary.update({
         "teacher": teacher_name,
-        "retriever": retriever_name or type(retriever_obj).__name__,
+        "retriever": retriever_label,
         "input": str(input),
         "accept": filt.__dict__,
         "new_this_run": len(new),
@@ -390,6 +399,7 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
         "concurrency": concurrency,
         "failed": sum(failed.values()),
         "failures": dict(failed.most_common(5)),
+        "executor": executor or "local",
     })
     summary = scrub_obj(summary)
     if summary["failed"]:

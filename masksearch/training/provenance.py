@@ -108,3 +108,25 @@ def run_provenance(example: Any, retriever: Any, *, k: int = 5, info_max_tokens:
     )
     traj.metadata["seconds"] = round(time.perf_counter() - t0, 4)
     return traj
+
+
+class ProvenanceMethod:
+    """The provenance teacher as a method, ``async (example) -> Trajectory`` (see
+    :mod:`masksearch.graphs.methods`); the search runs in a thread, off the event loop."""
+
+    name = PROVENANCE_TEACHER
+
+    def __init__(self, retriever: Any, *, k: int = 5, info_max_tokens: int = 512, max_searches: int = 3,
+                 retriever_name: str | None = None):
+        self.retriever, self.k, self.info_max_tokens = retriever, k, info_max_tokens
+        self.max_searches, self.retriever_name = max_searches, retriever_name
+
+    def teacher_name(self) -> str:
+        return PROVENANCE_TEACHER
+
+    async def __call__(self, example: Any) -> Trajectory:
+        import asyncio
+
+        return await asyncio.to_thread(run_provenance, example, self.retriever, k=self.k,
+                                       info_max_tokens=self.info_max_tokens, max_searches=self.max_searches,
+                                       retriever_name=self.retriever_name)
