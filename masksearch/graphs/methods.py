@@ -7,7 +7,7 @@ method over a file of questions, locally or on Ray workers; training (``cot``) a
 
 * :class:`StudentMethod` - the student graph (Agent-PE with an untrained model, any checkpoint);
 * :class:`TeacherMethod` - the multi-agent teacher graph;
-* ``RagPE`` (:mod:`masksearch.eval.baselines`) - one search, one model call;
+* ``RagPE`` (:mod:`masksearch.agents.rag`) - one search, one model call;
 * ``ProvenanceMethod`` (:mod:`masksearch.training.provenance`) - the LLM-free teacher.
 """
 

@@ -1,7 +1,7 @@
 """The RAG-PE baseline as a one-node LangGraph graph, for the LangGraph server and Studio.
 
 ``START -> rag_pe -> END``: retrieve the top-k passages for the question, answer in one model call
-(:class:`masksearch.eval.baselines.RagPE`, the one implementation the evaluation runs too).  The
+(:class:`masksearch.agents.rag.RagPE`, the one implementation the evaluation runs too).  The
 output state holds the run's fields (``answer``, ``status``, ``steps`` with the retrieved
 documents, ``final_raw``, ``llm_calls``), so Studio shows what the model was given and said.
 
@@ -18,6 +18,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from typing_extensions import NotRequired, TypedDict
 
+from masksearch.agents.rag import RagPE
 from masksearch.graphs.resources import DEFAULT_MODEL, SHARED_BM25, aresolve_model, aresolve_retriever
 from masksearch.graphs.student import example_from_input
 
@@ -56,8 +57,6 @@ class RagState(TypedDict, total=False):
 
 
 async def rag_pe(state: RagState, runtime: Runtime[RagContext]) -> dict[str, Any]:
-    from masksearch.eval.baselines import RagPE  # the evaluated baseline itself; lazy: eval sits above graphs
-
     ctx = runtime.context or RagContext()
     model = await aresolve_model(ctx.model, ctx.model_options)
     retriever = await aresolve_retriever(ctx.retriever, ctx.k)
