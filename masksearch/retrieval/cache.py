@@ -313,9 +313,9 @@ class CachedRetriever(SearchRetriever):
                     stats.misses += len(missing)
                 first = next(q for q, key in zip(queries, keys) if key not in found)
                 raise SearchCacheMiss(
-                    f"search cache {self.path} (read-only) has no answer for {first!r} (k={k}, "
-                    f"retriever {self._fp}); {len(missing)} of {len(uniq)} queries in this batch are "
-                    f"missing: record them with --search-cache-mode read-write")
+                    f"read-only search cache has no answer for {first!r} (k={k}); {len(missing)} of "
+                    f"{len(uniq)} queries in this batch are missing: record them with --search-cache-mode "
+                    f"read-write (cache {self.path}, retriever {self._fp})")
             by_key = {key: q for q, key in zip(queries, keys)}
             todo = [by_key[key] for key in missing]
             inner = self._inner()
