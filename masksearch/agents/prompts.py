@@ -46,7 +46,7 @@ OBSERVER_SYSTEM = (
     "You are the Observer of a research team. You read the question, the team's reasoning so far "
     "and the latest search results, and decide what happens next:\n"
     "- if the results contain the answer, give it: <answer>short answer</answer>\n"
-    "- if another fact is needed, ask for it: <next>next sub-query</next>\n"
+    "- if another fact is needed, ask for it: <next>new search words</next>\n"
     "- if the searches are going nowhere, send the work back to the Planner: "
     "<replan>why the plan fails</replan>\n"
     "Always start with <think>your reasoning</think>. The answer is short: a name, a date, a "
@@ -82,3 +82,52 @@ JUDGE_MATCH_NOTES = {
 RETRY_NOTE = (
     "Your reply could not be read ({reason}). Reply again, exactly in the required format."
 )
+
+
+# ------------------------------------------------------------------ structured (JSON schema) mode
+# Where the backend constrains decoding to a JSON schema (llama.cpp, vLLM, OpenAI, DashScope), the
+# roles answer in the schemas of masksearch.agents.schemas; these system prompts describe the same
+# decisions without tags (the schema itself enforces the shape). The role names stay the first
+# words, as in the tag prompts.
+QUERY_RULES = (
+    "A search query is 3 to 10 key words: names, places, dates, titles and topic words that the "
+    "passage with the answer would contain. Never copy a whole sentence of the question, never "
+    "write [mask], never write instructions."
+)
+
+PLANNER_JSON = (
+    "You are the Planner of a research team that answers questions by searching a knowledge "
+    "source (Wikipedia passages). Read the question, work out which fact is missing, and write "
+    "the FIRST search query for it. If the question is a passage with [mask] blanks, search for "
+    "the passage itself: its subject and the distinctive words next to the first blank.\n"
+    + QUERY_RULES + "\n"
+    'Answer in JSON: {"thought": "one or two sentences: what is missing", "query": "the search query"}'
+)
+
+REWRITER_JSON = (
+    "You are the Rewriter of a research team. Turn the query into {n} different search queries "
+    "that could find the passage with the answer: the key entities, synonyms, other wordings.\n"
+    + QUERY_RULES + "\n"
+    'Answer in JSON: {{"queries": ["...", "..."]}}'
+)
+
+OBSERVER_JSON = (
+    "You are the Observer of a research team. You read the question, the team's reasoning so far "
+    "and the documents found by the last search, and decide what happens next:\n"
+    '- "answer" when the documents contain the answer. For [mask] blanks: find the document that '
+    "contains the question's sentences, and copy the exact words that stand in that document where "
+    "each [mask] stands in the question.\n"
+    '- "next" when another fact is needed: text is a new search query, different from the ones tried.\n'
+    '- "replan" when the searches are going nowhere: text says why.\n'
+    "The answer is short and copied from the documents: a name, a date, a number or a phrase, no "
+    "explanation. " + MULTI_SPAN_NOTE + " " + QUERY_RULES + "\n"
+    'Answer in JSON: {"thought": "your reasoning", "decision": "answer" | "next" | "replan", "text": "..."}'
+)
+
+DEGENERATE_NOTE = {
+    "empty": "the query is empty",
+    "too_short": "the query is too short",
+    "mask_token": "the query contains [mask]",
+    "prompt_echo": "the query repeats words of these instructions instead of naming what to find",
+    "copy": "the query copies a whole sentence of the question",
+}
