@@ -7,10 +7,10 @@
   search results``, ``search phrase``, ``query one``...) instead of naming something to find;
 * ``mask_token``: it contains ``[mask]`` (the blank itself is not a search term);
 * ``copy``: for a masked (RAMP) question, it is merely the masked text pasted: a contiguous run of
-  at least :data:`COPY_SHARE` of the masked passage's words (the passage is the question before
-  its instruction paragraph). One sentence of a longer passage is not a copy -- the provenance
-  teacher searches exactly that -- and for an ordinary question, searching the question itself
-  is a legitimate first query.
+  at least :data:`COPY_SHARE` of the masked passage's words and longer than its longest sentence
+  (the passage is the question before its instruction paragraph). One sentence is not a copy --
+  the provenance teacher searches exactly that -- and for an ordinary question, searching the
+  question itself is a legitimate first query.
 
 The accept filter of :mod:`masksearch.training.export` rejects a trajectory whose exported
 ``<search>`` queries are degenerate, and the teacher roles treat such a query as a malformed reply
@@ -66,7 +66,9 @@ def degenerate_query(query: str | None, question: str = "") -> str | None:
     if any(f" {e} " in norm for e in PROMPT_ECHOES):
         return "prompt_echo"
     if MASK in (question or "").lower():
-        passage = _words(masked_passage(question))
-        if _has_run(_words(q), passage, max(4, int(COPY_SHARE * len(passage) + 0.999))):
+        text = masked_passage(question)
+        passage = _words(text)
+        longest = max((len(_words(x)) for x in re.split(r"(?<=[.!?])\s+", text)), default=0)
+        if _has_run(_words(q), passage, max(4, longest + 1, int(COPY_SHARE * len(passage) + 0.999))):
             return "copy"
     return None
