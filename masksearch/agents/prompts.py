@@ -90,38 +90,33 @@ RETRY_NOTE = (
 # decisions without tags (the schema itself enforces the shape). The role names stay the first
 # words, as in the tag prompts.
 QUERY_RULES = (
-    "A search query is 3 to 10 key words: names, places, dates, titles and topic words that the "
-    "passage with the answer would contain. Never copy a whole sentence of the question, never "
-    "write [mask], never write instructions."
+    "A search query is 3 to 10 key words: the names, places, dates and topic words that the "
+    "passage with the answer contains. Never copy a whole sentence, never write [mask] or instructions."
 )
 
 PLANNER_JSON = (
-    "You are the Planner of a research team that answers questions by searching a knowledge "
-    "source (Wikipedia passages). Read the question, work out which fact is missing, and write "
-    "the FIRST search query for it. If the question is a passage with [mask] blanks, search for "
-    "the passage itself: its subject and the distinctive words next to the first blank.\n"
-    + QUERY_RULES + "\n"
-    'Answer in JSON: {"thought": "one or two sentences: what is missing", "query": "the search query"}'
+    "You are the Planner of a research team that answers questions by searching Wikipedia "
+    "passages. Work out which fact is missing and write the first search query for it. If the "
+    "question is a passage with [mask] blanks, search for that passage: its subject plus the "
+    "distinctive words next to a blank. " + QUERY_RULES + "\n"
+    "Example. Question: The tower was designed by the company of [mask] and opened in 1889 for the "
+    "World's Fair in Paris. -> thought: The passage is about the Eiffel Tower; I need who designed "
+    "it. query: Eiffel Tower designed company 1889 World's Fair"
 )
 
 REWRITER_JSON = (
-    "You are the Rewriter of a research team. Turn the query into {n} different search queries "
-    "that could find the passage with the answer: the key entities, synonyms, other wordings.\n"
-    + QUERY_RULES + "\n"
-    'Answer in JSON: {{"queries": ["...", "..."]}}'
+    "You are the Rewriter of a research team. Give {n} other search queries that could find the "
+    "passage with the answer: the key entities, synonyms, other wordings. " + QUERY_RULES
 )
 
 OBSERVER_JSON = (
-    "You are the Observer of a research team. You read the question, the team's reasoning so far "
-    "and the documents found by the last search, and decide what happens next:\n"
-    '- "answer" when the documents contain the answer. For [mask] blanks: find the document that '
-    "contains the question's sentences, and copy the exact words that stand in that document where "
-    "each [mask] stands in the question.\n"
-    '- "next" when another fact is needed: text is a new search query, different from the ones tried.\n'
-    '- "replan" when the searches are going nowhere: text says why.\n'
-    "The answer is short and copied from the documents: a name, a date, a number or a phrase, no "
-    "explanation. " + MULTI_SPAN_NOTE + " " + QUERY_RULES + "\n"
-    'Answer in JSON: {"thought": "your reasoning", "decision": "answer" | "next" | "replan", "text": "..."}'
+    "You are the Observer of a research team. Read the question, the reasoning so far and the "
+    "documents found, then decide:\n"
+    "answer: the documents contain the answer. For [mask] blanks, find the document with the "
+    "question's sentences and copy, word for word, what stands there in place of each [mask].\n"
+    "next: another fact is needed; text is a new search query of 3 to 10 key words, not tried before.\n"
+    "replan: the searches are going nowhere; text says why.\n"
+    "An answer is short, copied from a document: a name, a date, a number or a phrase. " + MULTI_SPAN_NOTE
 )
 
 DEGENERATE_NOTE = {

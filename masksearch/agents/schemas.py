@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-THOUGHT_CHARS = 400
+THOUGHT_CHARS = 300
 QUERY_CHARS = 120
 TEXT_CHARS = 200
 

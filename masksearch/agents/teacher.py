@@ -250,12 +250,16 @@ async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable
             reply = await runnable.ainvoke(msgs, config={"metadata": {"role": role, "attempt": attempt, "read": mode},
                                                          "tags": [f"role:{role}"]})
         except Exception as e:  # noqa: BLE001
-            call.error = scrub(f"{role} model call failed: {type(e).__name__}: {e}")
-            return call
+            if type(e).__name__ != "LengthFinishReasonError":
+                call.error = scrub(f"{role} model call failed: {type(e).__name__}: {e}")
+                return call
+            # a JSON reply cut by the token limit (the OpenAI client refuses to parse it): malformed
+            reply = {"raw": "", "parsed": None, "cut": True}
         if mode == "json_schema":
             text = _content(reply.get("raw"))
             data = reply.get("parsed")
-            out = from_json(data) if isinstance(data, dict) else RoleOutput("malformed", reason="invalid_json")
+            out = (from_json(data) if isinstance(data, dict)
+                   else RoleOutput("malformed", reason="json_cut" if reply.get("cut") else "invalid_json"))
         else:
             text = _content(reply)
             out = parser(text)
@@ -269,6 +273,8 @@ async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable
             return call
         call.malformed.append(out.reason or "malformed")
         note = prompts.RETRY_NOTE.format(reason=out.reason)
+        if out.reason == "json_cut":
+            note = "Your reply was cut by the length limit. Reply again, shorter."
         if (out.reason or "").startswith("degenerate_query:"):
             note = (f"That query is not usable: {prompts.DEGENERATE_NOTE.get(out.reason.split(':', 1)[1], out.reason)}. "
                     + prompts.QUERY_RULES + " Reply again.")

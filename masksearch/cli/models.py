@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--parallel", type=int, default=4, help="parallel slots (requests decoded together)")
     s.add_argument("--ctx-size", type=int, default=None, help="total context shared by the slots (default 4096 per slot)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all this process may use)")
+    s.add_argument("--poll", type=int, default=0, help="llama.cpp busy-wait level 0-100 (0: sleep; best on a shared machine)")
     s.add_argument("--alias", default=None, help="model name reported by /v1/models (default: the spec's name)")
     s.set_defaults(func=_serve_model)
 
@@ -49,5 +50,5 @@ def _serve_model(args: argparse.Namespace) -> int:
     from masksearch.models.llamacpp import serve
 
     serve(args.model, port=args.port, host=args.host, n_parallel=args.parallel, n_ctx=args.ctx_size,
-          n_threads=args.threads, alias=args.alias)
+          n_threads=args.threads, alias=args.alias, poll=args.poll)
     return 0

@@ -49,10 +49,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def serve(model: str | os.PathLike, *, port: int = 8080, host: str = "127.0.0.1",
           n_parallel: int = DEFAULT_PARALLEL, n_ctx: int | None = None, n_threads: int | None = None,
-          alias: str | None = None, stop: threading.Event | None = None) -> None:
+          alias: str | None = None, poll: int = 0, stop: threading.Event | None = None) -> None:
     """Serve ``model`` (an embedded GGUF name or a ``.gguf`` path) until SIGINT/SIGTERM or ``stop``.
 
     ``n_ctx`` is the total context, shared by the ``n_parallel`` slots (default 4096 per slot).
+    ``poll`` is llama.cpp's busy-wait level (0-100): the default 0 lets worker threads sleep, which
+    on a machine shared with other jobs keeps them from spinning away each other's cores (with
+    llama.cpp's default of 50, 2 threads on a loaded 2-core machine decoded 0.2 tokens/s).
     """
     from masksearch.models.gguf import resolve_gguf
 
@@ -70,8 +73,9 @@ def serve(model: str | os.PathLike, *, port: int = 8080, host: str = "127.0.0.1"
     p.n_ctx = int(n_ctx or DEFAULT_CTX_PER_SLOT * n_parallel)
     p.port = int(port)
     p.hostnames = [host]
-    p.cpuparams.n_threads = threads
-    p.cpuparams_batch.n_threads = threads
+    for cpu in (p.cpuparams, p.cpuparams_batch):
+        cpu.n_threads = threads
+        cpu.poll = poll  # 0: threads sleep instead of spinning between ops (a shared, busy machine)
     p.model_alias = {alias or Path(str(model)).name}
     stop = stop or threading.Event()
     handlers = {}
@@ -84,7 +88,9 @@ def serve(model: str | os.PathLike, *, port: int = 8080, host: str = "127.0.0.1"
               f"{threads} threads); Ctrl-C stops", flush=True)
         while not stop.wait(0.5):
             pass
-        del server
+        # (the native server's threads are left to the process exit: ``masksearch serve-model``
+        # leaves with os._exit, and waiting for a destructor mid-generation could hang)
+        server.listening_address  # noqa: B018 - keep the object alive until here
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)
@@ -255,5 +261,14 @@ def make_llamacpp_chat_model(model: str, **options: Any):
     # A local CPU server with every slot busy decodes slowly: a long reply must not look unreachable.
     options.setdefault("timeout", 900)
     options.setdefault("max_retries", 1)
+    if "max_new_tokens" not in options:
+        options.setdefault("max_tokens", 256)
+    if "http_async_client" not in options:
+        # langchain-openai shares one cached async httpx client per (URL, timeout) across models;
+        # its pooled connections belong to the event loop that opened them, so a second
+        # ``asyncio.run`` (a later cot / eval stage) would fail with "Event loop is closed".
+        import httpx
+
+        options["http_async_client"] = httpx.AsyncClient(timeout=options["timeout"])
     chat = make_openai_compatible("vllm", Path(model).name, base_url=srv.url, **options)
     return chat
