@@ -106,3 +106,21 @@ def test_trajectory_records_how_each_role_was_read():
     assert t.status == "answered"
     assert t.metadata["role_reads"] == {"planner": "tags", "rewriter": "tags", "observer": "tags"}
     assert {c["read"] for c in t.llm_calls} == {"tags"}
+
+
+def test_sft_rows_mix_teachers_with_per_row_provenance(tmp_path):
+    from masksearch.training.sft import load_rows
+    from masksearch.trajectory import Provenance, write_trajectories
+
+    files = []
+    for teacher, query in (("provenance", "tulip traders could no longer find new buyers"),
+                           ("llm:llamacpp:qwen2.5-coder-1.5b", "tulip mania bubble year"),
+                           ("llm:llamacpp:qwen2.5-coder-1.5b", "next sub-query")):  # rejected: degenerate
+        t = _traj(query)
+        t.id = f"{teacher}-{len(files)}"
+        t.provenance = Provenance(graph="teacher", teacher=teacher)
+        f = tmp_path / f"{len(files)}.jsonl"
+        write_trajectories(str(f), [t], append=False)
+        files.append(f)
+    rows = load_rows(files, "ramp")
+    assert [r["teacher"] for r in rows] == ["provenance", "llm:llamacpp:qwen2.5-coder-1.5b"]
