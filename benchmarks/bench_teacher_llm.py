@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all usable cores)")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--out", default="runs/bench_teacher_llm")
+    ap.add_argument("--index", default=None, help="BM25 index of the shared corpus (default: the cache's "
+                                                  "bm25-shared, built once if missing)")
     args = ap.parse_args()
 
     from masksearch.data.ramp import generate_ramp
@@ -64,7 +66,7 @@ def main() -> None:
         sys.exit("the shared corpus (../shared/data/corpus/wiki_passages.jsonl) is missing")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    index = home() / "bench" / "bm25-shared"
+    index = Path(args.index) if args.index else home() / "bm25-shared"
     if not (index / "manifest.json").exists():
         build_index(str(corpus), kind="bm25", out=str(index))
     ramp = out / "ramp.jsonl"
