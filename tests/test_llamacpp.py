@@ -171,11 +171,16 @@ def test_real_server_structured_role_outputs(qwen_server):
     info = ("<information>Doc 1 (Eiffel Tower): The Eiffel Tower is a tower in Paris, France, completed in "
             "1889.</information>")
 
+    from masksearch.agents.judge import allm_verdict
+
     async def both():  # one event loop: an async OpenAI client belongs to the loop it first ran in
         return (await roles.plan(qwen, q),
-                await roles.observe(qwen, q, ["I need the city."], "Eiffel Tower city", info, turn=3, max_turns=3))
+                await roles.observe(qwen, q, ["I need the city."], "Eiffel Tower city", info, turn=3, max_turns=3),
+                await allm_verdict(qwen, "What is the capital of France?", ["Paris"], "Paris"))
 
-    plan, obs = asyncio.run(both())
+    plan, obs, verdict = asyncio.run(both())
+    assert verdict["read"] == "json_schema" and json.loads(verdict["raw"])["verdict"] in ("correct", "incorrect")
+    assert verdict["correct"] is (json.loads(verdict["raw"])["verdict"] == "correct")
     assert plan.read == "json_schema" and plan.error is None
     assert all(json.loads(raw) for raw in plan.raw)  # every reply was JSON, as the schema demands
     # on the last turn the observer's schema allows only an answer
