@@ -193,7 +193,7 @@ def test_busy_server_is_slow_not_unreachable(qwen_server):
     """All 4 slots busy with long replies: a queued request waits (seconds), it is not 'unreachable'."""
     from masksearch.models import make_chat_model
 
-    long = make_chat_model(QWEN_SPEC, **QWEN_SERVER, temperature=0, max_tokens=96)
+    long = make_chat_model(QWEN_SPEC, **QWEN_SERVER, temperature=0, max_tokens=64)
     t0 = time.perf_counter()
     replies = asyncio.run(long.abatch(["Write a long story about a lighthouse keeper."] * 6))
     assert len(replies) == 6 and all(len(r.content) > 100 for r in replies)
