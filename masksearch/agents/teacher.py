@@ -142,7 +142,7 @@ def planner_messages(question: str, steps: Sequence[dict[str, Any]] = (), feedba
 
 def rewriter_messages(question: str, sub_query: str, n: int = 3, mode: str = "tags") -> list[Msg]:
     system = prompts.REWRITER_JSON if mode == "json_schema" else prompts.REWRITER_SYSTEM
-    return [("system", system.format(n=n)), ("human", f"Question: {question}\nQuery: {sub_query}")]
+    return [("system", system.format(n=n)), ("human", f"Question: {question}\nSub-query: {sub_query}")]
 
 
 def observer_messages(question: str, thoughts: Sequence[str], sub_query: str, information: str,
