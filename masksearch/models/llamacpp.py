@@ -258,8 +258,12 @@ def make_llamacpp_chat_model(model: str, **options: Any):
         options.pop(k, None)
     nice = options.pop("server_nice", 0)
     srv = shared_server(model, nice=nice, **srv_kw)
-    # A local CPU server with every slot busy decodes slowly: a long reply must not look unreachable.
-    options.setdefault("timeout", 900)
+    from masksearch.models.remote import CONNECT_TIMEOUT_S, TIMEOUT_ENV, remote_defaults
+
+    # A local CPU server with every slot busy decodes slowly: a long reply must not look dead.
+    # (--request-timeout / MASKSEARCH_REQUEST_TIMEOUT, when set, wins over this default.)
+    if options.get("timeout") is None and not os.environ.get(TIMEOUT_ENV):
+        options["timeout"] = 900.0
     options.setdefault("max_retries", 1)
     if "max_new_tokens" not in options:
         options.setdefault("max_tokens", 256)
@@ -269,6 +273,7 @@ def make_llamacpp_chat_model(model: str, **options: Any):
         # ``asyncio.run`` (a later cot / eval stage) would fail with "Event loop is closed".
         import httpx
 
-        options["http_async_client"] = httpx.AsyncClient(timeout=options["timeout"])
+        t = float(options.get("timeout") or remote_defaults()[0])
+        options["http_async_client"] = httpx.AsyncClient(timeout=httpx.Timeout(t, connect=min(CONNECT_TIMEOUT_S, t)))
     chat = make_openai_compatible("vllm", Path(model).name, base_url=srv.url, **options)
     return chat
