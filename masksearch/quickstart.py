@@ -6,8 +6,9 @@ own JSONL outputs):
 1. ``index``   – BM25 index of the corpus (the shared 31k-passage Wikipedia corpus by default);
 2. ``ramp``    – RAMP questions (``rules`` masking): a training set and a held-out set;
 3. ``teacher`` – the provenance teacher builds the training trajectories; the LLM teacher graph
-   (Planner/Rewriter/Observer/Judge on the embedded model) runs on a few examples too, so the
-   report shows both teachers and their acceptance rates;
+   (Planner/Rewriter/Observer on Qwen2.5-Coder-0.5B behind a real llama.cpp server,
+   ``teacher_model``) runs on a few examples too, so the report shows both teachers and their
+   acceptance rates, and its accepted trajectories join the SFT data;
 4. ``sft``     – TRL ``SFTTrainer`` on the accepted trajectories (a few steps);
 5. ``eval``    – the trained student vs the untrained student (Agent-PE) vs RAG-PE on small slices
    of the six shared benchmarks and on the held-out RAMP set;
@@ -36,6 +37,7 @@ class QuickstartConfig:
     out: str = "runs/quickstart"
     corpus: str | None = None  # default: the shared corpus beside the checkout
     model: str = "smollm2"
+    teacher_model: str = "llamacpp:qwen2.5-coder-0.5b"  # the LLM teacher (a real llama.cpp server)
     ramp_train: int = 96
     ramp_heldout: int = 12
     max_masks: int = 2
@@ -159,10 +161,14 @@ def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dic
         prov = run_cot(paths["ramp_train"], paths["cot_provenance"], teacher="provenance",
                        retriever=retriever_spec, concurrency=4, k=cfg.k,
                        info_max_tokens=cfg.info_max_tokens)
-        llm = run_cot(paths["ramp_train"], paths["cot_llm"], teacher=cfg.model, retriever=retriever_spec,
-                      concurrency=max(1, cfg.llm_teacher_examples), limit=cfg.llm_teacher_examples,
+        n_llm = max(1, cfg.llm_teacher_examples)
+        opts: dict[str, Any] = {"max_new_tokens": 256}
+        if str(cfg.teacher_model).startswith("llamacpp:"):
+            opts["n_parallel"] = n_llm  # one llama.cpp slot per run in flight
+        llm = run_cot(paths["ramp_train"], paths["cot_llm"], teacher=cfg.teacher_model, retriever=retriever_spec,
+                      concurrency=n_llm, limit=cfg.llm_teacher_examples,
                       k=cfg.k, max_turns=cfg.max_turns, info_max_tokens=cfg.info_max_tokens,
-                      model_options={"max_new_tokens": 128})
+                      model_options=opts)
         return {"provenance": _slim(prov), "llm": _slim(llm)}
 
     # 4. SFT -----------------------------------------------------------------------------

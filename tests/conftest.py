@@ -83,3 +83,17 @@ def bm25_dir(corpus_path: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bm25") / "index"
     build_index(str(corpus_path), kind="bm25", out=str(out))
     return out
+
+
+# the real llama.cpp server on the embedded Qwen2.5-Coder-0.5B: one per test session (the
+# ``llamacpp:`` spec with these options reuses it), small context, 4 slots
+QWEN_SPEC = "llamacpp:qwen2.5-coder-0.5b"
+QWEN_SERVER = {"n_parallel": 4, "n_ctx": 8192}
+
+
+@pytest.fixture(scope="session")
+def qwen_server():
+    """The session's llama.cpp server (``LlamaCppServer``) on the embedded 0.5B teacher model."""
+    from masksearch.models.llamacpp import shared_server
+
+    return shared_server("qwen2.5-coder-0.5b", **QWEN_SERVER)

@@ -157,8 +157,21 @@ async def allm_verdict(model: Any, question: str, gold: Sequence[str], pred: str
     Give ``answer_match`` (``any``/``all``/``ordered``) so the prompt says how several golds count."""
     if not pred:
         return {"correct": False, "raw": "", "reason": "no answer"}
+    from masksearch.agents.teacher import read_mode
+
+    mode = read_mode(model)  # a constrained decoder answers {"verdict": ...} (same prompt, same parser)
     try:
-        v = await LLMJudge(model).ajudge(question, gold, pred, answer_match, config={"metadata": {"role": "judge"}})
+        if mode == "json_schema":
+            from masksearch.agents.schemas import judge_schema
+
+            out = await model.with_structured_output(judge_schema(), method="json_schema", include_raw=True,
+                                                     strict=True).ainvoke(
+                judge_messages(question, gold, pred, answer_match), config={"metadata": {"role": "judge", "read": mode}})
+            raw = _reply_text(out.get("raw"))
+            verdict = (out.get("parsed") or {}).get("verdict")
+            return {**Verdict(parse_verdict(f"Verdict: {verdict}" if verdict else raw), raw).to_dict(), "read": mode}
+        v = await LLMJudge(model).ajudge(question, gold, pred, answer_match,
+                                         config={"metadata": {"role": "judge", "read": mode}})
     except Exception as e:  # noqa: BLE001 - an unreachable judge is recorded, not fatal
         return {"correct": None, "raw": "", "error": f"{type(e).__name__}: {e}"}
-    return v.to_dict()
+    return {**v.to_dict(), "read": mode}

@@ -46,7 +46,7 @@ OBSERVER_SYSTEM = (
     "You are the Observer of a research team. You read the question, the team's reasoning so far "
     "and the latest search results, and decide what happens next:\n"
     "- if the results contain the answer, give it: <answer>short answer</answer>\n"
-    "- if another fact is needed, ask for it: <next>next sub-query</next>\n"
+    "- if another fact is needed, ask for it: <next>new search words</next>\n"
     "- if the searches are going nowhere, send the work back to the Planner: "
     "<replan>why the plan fails</replan>\n"
     "Always start with <think>your reasoning</think>. The answer is short: a name, a date, a "
@@ -82,3 +82,47 @@ JUDGE_MATCH_NOTES = {
 RETRY_NOTE = (
     "Your reply could not be read ({reason}). Reply again, exactly in the required format."
 )
+
+
+# ------------------------------------------------------------------ structured (JSON schema) mode
+# Where the backend constrains decoding to a JSON schema (llama.cpp, vLLM, OpenAI, DashScope), the
+# roles answer in the schemas of masksearch.agents.schemas; these system prompts describe the same
+# decisions without tags (the schema itself enforces the shape). The role names stay the first
+# words, as in the tag prompts.
+QUERY_RULES = (
+    "A search query is 3 to 10 key words: the names, places, dates and topic words that the "
+    "passage with the answer contains. Never copy a whole sentence, never write [mask] or instructions."
+)
+
+PLANNER_JSON = (
+    "You are the Planner of a research team that answers questions by searching Wikipedia "
+    "passages. Work out which fact is missing and write the first search query for it. If the "
+    "question is a passage with [mask] blanks, search for that passage: its subject plus the "
+    "distinctive words next to a blank. " + QUERY_RULES + "\n"
+    "Example. Question: The tower was designed by the company of [mask] and opened in 1889 for the "
+    "World's Fair in Paris. -> thought: The passage is about the Eiffel Tower; I need who designed "
+    "it. query: Eiffel Tower designed company 1889 World's Fair"
+)
+
+REWRITER_JSON = (
+    "You are the Rewriter of a research team. Give {n} other search queries that could find the "
+    "passage with the answer: the key entities, synonyms, other wordings. " + QUERY_RULES
+)
+
+OBSERVER_JSON = (
+    "You are the Observer of a research team. Read the question, the reasoning so far and the "
+    "documents found, then decide:\n"
+    "answer: the documents contain the answer. For [mask] blanks, find the document with the "
+    "question's sentences and copy, word for word, what stands there in place of each [mask].\n"
+    "next: another fact is needed; text is a new search query of 3 to 10 key words, not tried before.\n"
+    "replan: the searches are going nowhere; text says why.\n"
+    "An answer is short, copied from a document: a name, a date, a number or a phrase. " + MULTI_SPAN_NOTE
+)
+
+DEGENERATE_NOTE = {
+    "empty": "the query is empty",
+    "too_short": "the query is too short",
+    "mask_token": "the query contains [mask]",
+    "prompt_echo": "the query repeats words of these instructions instead of naming what to find",
+    "copy": "the query copies a whole sentence of the question",
+}

@@ -2,8 +2,21 @@
 
 Each role is a message builder, a parser that classifies malformed replies (never raises), and an
 async call that retries once with a correction note.  The graph in
-:mod:`masksearch.graphs.teacher` wires them together; prompts live in
-:mod:`masksearch.agents.prompts`.
+:mod:`masksearch.graphs.teacher` wires them together through :func:`plan`, :func:`rewrite` and
+:func:`observe`; prompts live in :mod:`masksearch.agents.prompts`, reply schemas in
+:mod:`masksearch.agents.schemas`.
+
+Two ways to read a reply (:func:`read_mode`):
+
+* ``"json_schema"``: the backend constrains decoding to the role's JSON schema (an
+  OpenAI-compatible model: llama.cpp, vLLM, OpenAI, DashScope), asked for with LangChain's
+  ``with_structured_output(schema, method="json_schema", include_raw=True)``;
+* ``"tags"``: the reply is free text with ``<think>/<query>/...`` tags (the local transformers
+  models, any model without structured outputs).
+
+Either way a reply becomes the same :class:`RoleOutput`, and each call records its way in the
+run's ``llm_calls`` (``read``). A query that :func:`masksearch.agents.quality.degenerate_query`
+rejects counts as a malformed reply (retried once with the reason).
 """
 
 from __future__ import annotations
@@ -12,7 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from masksearch.agents import prompts
+from masksearch.agents import prompts, schemas
+from masksearch.agents.quality import degenerate_query
 from masksearch.protocol import MAX_REPLY_CHARS, last_tag
 from masksearch.utils.scrub import scrub
 
@@ -118,30 +132,41 @@ def _history(steps: Sequence[dict[str, Any]], max_chars: int = 1200) -> str:
     return "\n".join(lines)[-max_chars:] or "(none)"
 
 
-def planner_messages(question: str, steps: Sequence[dict[str, Any]] = (), feedback: str = "") -> list[Msg]:
+def planner_messages(question: str, steps: Sequence[dict[str, Any]] = (), feedback: str = "",
+                     mode: str = "tags") -> list[Msg]:
     user = f"Question: {question}"
     if steps or feedback:
         user += "\n\n" + prompts.PLANNER_REPLAN.format(history=_history(steps), feedback=feedback or "none")
-    return [("system", prompts.PLANNER_SYSTEM), ("human", user)]
+    return [("system", prompts.PLANNER_JSON if mode == "json_schema" else prompts.PLANNER_SYSTEM), ("human", user)]
 
 
-def rewriter_messages(question: str, sub_query: str, n: int = 3) -> list[Msg]:
-    return [("system", prompts.REWRITER_SYSTEM.format(n=n)),
-            ("human", f"Question: {question}\nSub-query: {sub_query}")]
+def rewriter_messages(question: str, sub_query: str, n: int = 3, mode: str = "tags") -> list[Msg]:
+    system = prompts.REWRITER_JSON if mode == "json_schema" else prompts.REWRITER_SYSTEM
+    return [("system", system.format(n=n)), ("human", f"Question: {question}\nSub-query: {sub_query}")]
 
 
 def observer_messages(question: str, thoughts: Sequence[str], sub_query: str, information: str,
-                      turn: int, max_turns: int) -> list[Msg]:
+                      turn: int, max_turns: int, mode: str = "tags") -> list[Msg]:
     reasoning = "\n".join(f"- {t}" for t in thoughts if t) or "- (none)"
     user = (f"Question: {question}\n\nReasoning so far:\n{reasoning}\n\n"
-            f"Latest sub-query: {sub_query}\nLatest search results:\n{information}\n\n"
+            f"Searched for: {sub_query}\nDocuments found:\n{information}\n\n"
             f"Turn {turn} of {max_turns}.")
     if turn >= max_turns:
-        user += " This is the last turn: give your best <answer>."
-    return [("system", prompts.OBSERVER_SYSTEM), ("human", user)]
+        user += (" This is the last turn: give your best answer." if mode == "json_schema"
+                 else " This is the last turn: give your best <answer>.")
+    return [("system", prompts.OBSERVER_JSON if mode == "json_schema" else prompts.OBSERVER_SYSTEM), ("human", user)]
 
 
 # ------------------------------------------------------------------------------- calling
+READ_MODES = ("json_schema", "tags")
+
+
+def read_mode(model: Any) -> str:
+    """``"json_schema"`` when ``model`` declares constrained JSON-schema decoding (its
+    ``structured_output`` attribute, set on the OpenAI-compatible models), else ``"tags"``."""
+    return "json_schema" if getattr(model, "structured_output", None) == "json_schema" else "tags"
+
+
 @dataclass
 class RoleCall:
     """The outcome of one role call (with at most one retry)."""
@@ -150,6 +175,7 @@ class RoleCall:
     raw: list[str] = field(default_factory=list)  # every reply, the retry included
     malformed: list[str] = field(default_factory=list)  # reasons of the unreadable replies
     error: str | None = None  # the model call itself failed (endpoint down, ...)
+    read: str = "tags"  # how the replies were read: "json_schema" | "tags"
 
 
 def _content(msg: Any) -> str:
@@ -159,28 +185,132 @@ def _content(msg: Any) -> str:
     return str(c or "")
 
 
-async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable[[str], RoleOutput],
-                    retries: int = 1) -> RoleCall:
-    """Call ``model`` with ``messages``, parse; on a malformed reply retry once with a note.
+# JSON replies -> RoleOutput (the same classification as the tag parsers)
+def planner_from_json(data: dict[str, Any]) -> RoleOutput:
+    think = " ".join(str(data.get("thought") or "").split())
+    query = " ".join(str(data.get("query") or "").split())
+    if not query:
+        return RoleOutput("malformed", think=think, reason="empty_query")
+    return RoleOutput("query", think=think, text=query[:300])
 
+
+def rewriter_from_json(data: dict[str, Any], max_queries: int = 5) -> RoleOutput:
+    out: list[str] = []
+    for q in data.get("queries") or []:
+        q = " ".join(str(q).split()).strip('"\'')
+        if q and len(q) <= 300 and q.lower() not in {x.lower() for x in out}:
+            out.append(q)
+    if not out:
+        return RoleOutput("malformed", reason="no_queries")
+    return RoleOutput("queries", queries=out[:max_queries])
+
+
+def observer_from_json(data: dict[str, Any]) -> RoleOutput:
+    think = " ".join(str(data.get("thought") or "").split())
+    kind = str(data.get("decision") or "").strip().lower()
+    text = " ".join(str(data.get("text") or "").split())
+    if kind not in ("answer", "next", "replan"):
+        return RoleOutput("malformed", think=think, reason="no_decision")
+    if not text and kind != "replan":
+        return RoleOutput("malformed", think=think, reason=f"empty_{kind}")
+    return RoleOutput(kind, think=think, text=text[:300])
+
+
+def check_query(question: str) -> Callable[[RoleOutput], str | None]:
+    """A validator: a planner query or an observer ``next`` query must not be degenerate."""
+    def check(out: RoleOutput) -> str | None:
+        if out.kind in ("query", "next"):
+            why = degenerate_query(out.text, question)
+            return f"degenerate_query:{why}" if why else None
+        return None
+    return check
+
+
+async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable[[str], RoleOutput],
+                    retries: int = 1, *, schema: dict[str, Any] | None = None,
+                    from_json: Callable[[dict[str, Any]], RoleOutput] | None = None,
+                    validate: Callable[[RoleOutput], str | None] | None = None) -> RoleCall:
+    """Call ``model`` with ``messages``, read the reply; on a malformed one retry once with a note.
+
+    With a ``schema`` (and ``from_json``) and a model whose :func:`read_mode` is ``json_schema``,
+    the reply is decoded under that JSON schema (``with_structured_output(..., method=
+    "json_schema", include_raw=True)``) and read by ``from_json``; otherwise ``parser`` reads the
+    tags. ``validate`` may reject a readable reply with a reason (e.g. a degenerate query).
     Exceptions from the model become ``RoleCall.error`` (the run then ends with status
     ``error``): a role never crashes the graph.
     """
-    call = RoleCall(output=RoleOutput("malformed", reason="not_called"))
+    mode = read_mode(model) if schema is not None and from_json is not None else "tags"
+    call = RoleCall(output=RoleOutput("malformed", reason="not_called"), read=mode)
+    runnable = model
+    if mode == "json_schema":
+        runnable = model.with_structured_output(schema, method="json_schema", include_raw=True, strict=True)
     msgs = list(messages)
     for attempt in range(retries + 1):
         try:
-            reply = await model.ainvoke(msgs, config={"metadata": {"role": role, "attempt": attempt},
-                                                      "tags": [f"role:{role}"]})
+            reply = await runnable.ainvoke(msgs, config={"metadata": {"role": role, "attempt": attempt, "read": mode},
+                                                         "tags": [f"role:{role}"]})
         except Exception as e:  # noqa: BLE001
-            call.error = scrub(f"{role} model call failed: {type(e).__name__}: {e}")
-            return call
-        text = _content(reply)
+            if type(e).__name__ != "LengthFinishReasonError":
+                call.error = scrub(f"{role} model call failed: {type(e).__name__}: {e}")
+                return call
+            # a JSON reply cut by the token limit (the OpenAI client refuses to parse it): malformed
+            reply = {"raw": "", "parsed": None, "cut": True}
+        if mode == "json_schema":
+            text = _content(reply.get("raw"))
+            data = reply.get("parsed")
+            out = (from_json(data) if isinstance(data, dict)
+                   else RoleOutput("malformed", reason="json_cut" if reply.get("cut") else "invalid_json"))
+        else:
+            text = _content(reply)
+            out = parser(text)
+        if out.ok and validate is not None:
+            why = validate(out)
+            if why:
+                out = RoleOutput("malformed", think=out.think, text=out.text, reason=why)
         call.raw.append(text)
-        out = parser(text)
         call.output = out
         if out.ok:
             return call
         call.malformed.append(out.reason or "malformed")
-        msgs = msgs + [("ai", text), ("human", prompts.RETRY_NOTE.format(reason=out.reason))]
+        note = prompts.RETRY_NOTE.format(reason=out.reason)
+        if out.reason == "json_cut":
+            note = "Your reply was cut by the length limit. Reply again, shorter."
+        if (out.reason or "").startswith("degenerate_query:"):
+            note = (f"That query is not usable: {prompts.DEGENERATE_NOTE.get(out.reason.split(':', 1)[1], out.reason)}. "
+                    + prompts.QUERY_RULES + " Reply again.")
+        msgs = msgs + [("ai", text), ("human", note)]
     return call
+
+
+# ------------------------------------------------------------------------------- the roles
+async def plan(model: Any, question: str, steps: Sequence[dict[str, Any]] = (), feedback: str = "",
+               retries: int = 1) -> RoleCall:
+    """The Planner: a thought and the first (or, on a re-plan, a new) search query."""
+    mode = read_mode(model)
+    return await call_role(model, "planner", planner_messages(question, steps, feedback, mode), parse_planner,
+                           retries, schema=schemas.planner_schema(), from_json=planner_from_json,
+                           validate=check_query(question))
+
+
+async def rewrite(model: Any, question: str, sub_query: str, n: int = 3, max_queries: int = 5,
+                  retries: int = 1) -> RoleCall:
+    """The Rewriter: up to ``max_queries`` search queries for the sub-query; degenerate ones are dropped
+    (they still leave the sub-query itself, which the graph searches first)."""
+    mode = read_mode(model)
+    call = await call_role(model, "rewriter", rewriter_messages(question, sub_query, n, mode),
+                           lambda t: parse_rewriter(t, max_queries), retries,
+                           schema=schemas.rewriter_schema(n), from_json=lambda d: rewriter_from_json(d, max_queries))
+    if call.output.ok:
+        call.output.queries = [q for q in call.output.queries if degenerate_query(q, question) is None]
+    return call
+
+
+async def observe(model: Any, question: str, thoughts: Sequence[str], sub_query: str, information: str,
+                  turn: int, max_turns: int, retries: int = 1) -> RoleCall:
+    """The Observer: answer, next query or re-plan; on the last turn a constrained decoder may only answer."""
+    mode = read_mode(model)
+    decisions = ("answer",) if turn >= max_turns else ("answer", "next", "replan")
+    return await call_role(model, "observer",
+                           observer_messages(question, thoughts, sub_query, information, turn, max_turns, mode),
+                           parse_observer, retries, schema=schemas.observer_schema(decisions),
+                           from_json=observer_from_json, validate=check_query(question))

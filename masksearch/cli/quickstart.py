@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=d.out, help="run folder (resumable stage by stage)")
     p.add_argument("--corpus", default=None, help="corpus path (default: ../shared/data/corpus/wiki_passages.jsonl)")
     p.add_argument("--model", default=d.model, help="student/teacher model spec")
+    p.add_argument("--teacher-model", default=d.teacher_model, help="the LLM teacher's model spec")
     p.add_argument("--ramp-train", type=int, default=d.ramp_train)
     p.add_argument("--ramp-heldout", type=int, default=d.ramp_heldout)
     p.add_argument("--max-masks", type=int, default=d.max_masks)
@@ -38,7 +39,8 @@ def _run(args: argparse.Namespace) -> int:
     from masksearch.quickstart import QuickstartConfig, run_quickstart
 
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
-    cfg = QuickstartConfig(out=args.out, corpus=args.corpus, model=args.model, ramp_train=args.ramp_train,
+    cfg = QuickstartConfig(out=args.out, corpus=args.corpus, model=args.model, teacher_model=args.teacher_model,
+                           ramp_train=args.ramp_train,
                            ramp_heldout=args.ramp_heldout, max_masks=args.max_masks,
                            llm_teacher_examples=args.llm_teacher_examples, sft_steps=args.sft_steps,
                            sft_batch_size=args.sft_batch_size, learning_rate=args.learning_rate,

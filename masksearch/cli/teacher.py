@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="RAMP JSONL (masksearch ramp) or a benchmark JSONL")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--teacher", default="smollm2",
-                   help="a model spec for every role (smollm2 | hf:PATH | openai:NAME | dashscope:NAME | "
+                   help="a model spec for every role (smollm2 | llamacpp:qwen2.5-coder-1.5b | hf:PATH | openai:NAME | dashscope:NAME | "
                         "vllm:NAME@URL), a role mapping 'planner=SPEC,observer=SPEC,default=SPEC', or "
                         "'provenance' (no LLM; RAMP files only)")
     p.add_argument("--retriever", required=True, help="retriever spec, e.g. bm25:INDEX_DIR")
@@ -75,6 +75,8 @@ def cmd_cot(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     opts = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    if "llamacpp:" in args.teacher:  # a llama.cpp server the spec starts: one slot per run in flight
+        opts["n_parallel"] = args.concurrency
     from masksearch.retrieval import cache as search_cache
 
     summary = run_cot(args.input, args.out, teacher, search_cache.cli_spec(args), concurrency=args.concurrency,

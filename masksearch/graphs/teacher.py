@@ -201,8 +201,8 @@ def _end(update: dict, status: str, reason: str) -> Command:
 # ----------------------------------------------------------------------------- nodes
 async def planner(state: TeacherState, runtime: Runtime[TeacherContext]) -> Command[Literal["rewriter", "judge"]]:
     ctx = await _context(runtime)
-    msgs = roles.planner_messages(state["question"], state.get("steps", []), state.get("feedback", ""))
-    call = await roles.call_role(ctx.model("planner"), "planner", msgs, roles.parse_planner, ctx.retries)
+    call = await roles.plan(ctx.model("planner"), state["question"], state.get("steps", []),
+                            state.get("feedback", ""), ctx.retries)
     upd: dict[str, Any] = {"malformed": _counts(call.malformed, "planner")}
     if call.error:
         return _end(upd, "error", call.error)
@@ -217,9 +217,8 @@ async def planner(state: TeacherState, runtime: Runtime[TeacherContext]) -> Comm
 async def rewriter(state: TeacherState, runtime: Runtime[TeacherContext]) -> dict[str, Any]:
     ctx = await _context(runtime)
     sub = state["sub_query"]
-    msgs = roles.rewriter_messages(state["question"], sub, ctx.n_queries)
-    call = await roles.call_role(ctx.model("rewriter"), "rewriter", msgs,
-                                 lambda t: roles.parse_rewriter(t, ctx.max_queries), ctx.retries)
+    call = await roles.rewrite(ctx.model("rewriter"), state["question"], sub, ctx.n_queries, ctx.max_queries,
+                               ctx.retries)
     upd: dict[str, Any] = {"malformed": _counts(call.malformed, "rewriter")}
     if call.error:
         return {**upd, "status": "error", "reason": call.error}
@@ -303,9 +302,8 @@ async def observer(state: TeacherState, runtime: Runtime[TeacherContext]) -> Com
     ctx = await _context(runtime)
     turn = state.get("turn", 0) + 1
     last = state["steps"][-1]
-    msgs = roles.observer_messages(state["question"], state.get("thoughts", []), state.get("sub_query", ""),
-                                   last["information"], turn, ctx.max_turns)
-    call = await roles.call_role(ctx.model("observer"), "observer", msgs, roles.parse_observer, ctx.retries)
+    call = await roles.observe(ctx.model("observer"), state["question"], state.get("thoughts", []),
+                               state.get("sub_query", ""), last["information"], turn, ctx.max_turns, ctx.retries)
     upd: dict[str, Any] = {"turn": turn, "malformed": _counts(call.malformed, "observer")}
     if call.error:
         return _end(upd, "error", call.error)
@@ -393,6 +391,7 @@ class LLMCallRecorder(BaseCallbackHandler):
             "node": meta.get("langgraph_node"),
             "role": meta.get("role") or meta.get("langgraph_node"),
             "attempt": meta.get("attempt", 0),
+            "read": meta.get("read"),  # "json_schema" | "tags": how the role's reply was read
             "params": {k: params[k] for k in _SAFE_PARAMS if k in params and isinstance(params[k], (str, int, float, list))},
             "messages": [{"role": getattr(m, "type", "?"), "content": scrub(roles._content(m), self._secrets)}
                          for m in (messages[0] if messages else [])],
@@ -458,7 +457,8 @@ def state_to_trajectory(state: Mapping[str, Any], example: Any, context: Teacher
         reason = state.get("reason", "")
     meta = {"answer_match": example.answer_match, "turns": state.get("turn", 0),
             "replans": state.get("replans", 0), "malformed": dict(state.get("malformed", {})),
-            "sub_queries": list(state.get("sub_queries", [])), "thoughts": list(state.get("thoughts", []))}
+            "sub_queries": list(state.get("sub_queries", [])), "thoughts": list(state.get("thoughts", [])),
+            "role_reads": {c["role"]: c["read"] for c in (llm_calls or []) if c.get("role") and c.get("read")}}
     for key in ("mask_count", "passage_id", "title"):
         if key in example.metadata:
             meta[key] = example.metadata[key]

@@ -4,6 +4,9 @@
 
 - ``"smollm2"``: the embedded SmolLM2-135M-Instruct (materialised once into the cache);
 - ``"hf:<hub id or local path>"``: any causal LM through transformers;
+- ``"llamacpp:<name | path.gguf>"``: a llama.cpp server (started on first use, one per process) on
+  an embedded GGUF (``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``; the bare names work too) or
+  any GGUF file, and the OpenAI-compatible chat model on it (:mod:`masksearch.models.llamacpp`);
 - ``"openai:<model>"`` (``OPENAI_API_KEY``), ``"dashscope:<model>"`` (``DASHSCOPE_API_KEY``),
   ``"vllm:<model>@<base_url>"`` (no key): OpenAI-compatible endpoints; every one of them takes
   ``@<base_url>`` (``dashscope:qwen-max@https://host/v1``), and ``base_url=`` overrides;
@@ -23,7 +26,8 @@ from masksearch.utils.scrub import scrub
 __all__ = ["make_chat_model", "LocalChatModel", "Generation", "materialize_embedded", "VALID_SPECS"]
 
 VALID_SPECS = (
-    "'smollm2' (embedded SmolLM2-135M-Instruct), 'hf:<hub id or local path>', 'openai:<model>', "
+    "'smollm2' (embedded SmolLM2-135M-Instruct), 'hf:<hub id or local path>', "
+    "'llamacpp:qwen2.5-coder-0.5b|qwen2.5-coder-1.5b|<path.gguf>', 'openai:<model>', "
     "'dashscope:<model>', 'vllm:<model>@<base_url>', or a LangChain BaseChatModel object"
 )
 
@@ -42,6 +46,12 @@ def make_chat_model(spec: Any = "smollm2", **options: Any):
         from masksearch.models.local import LocalChatModel
 
         return LocalChatModel.from_spec(s, **options)
+    from masksearch.models.gguf import gguf_spec
+
+    if (prefix == "llamacpp" and rest.strip()) or gguf_spec(s) is not None:
+        from masksearch.models.llamacpp import make_llamacpp_chat_model
+
+        return make_llamacpp_chat_model(rest.strip() if prefix == "llamacpp" else s, **options)
     if prefix in ("openai", "dashscope", "vllm") and rest.strip():
         from masksearch.models.remote import make_openai_compatible, split_model_url
 

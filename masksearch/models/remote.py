@@ -138,6 +138,9 @@ class OpenAICompatibleChatModel(ChatOpenAI):
 
     key_env: str | None = None
     timeout_s: float | None = None
+    # constrained decoding the endpoint offers: "json_schema" (llama.cpp, vLLM, OpenAI, DashScope
+    # structured outputs: the teacher roles then answer in JSON schemas) or None (read tags)
+    structured_output: str | None = "json_schema"
 
     @property
     def _endpoint(self) -> str:

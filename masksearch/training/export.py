@@ -97,6 +97,10 @@ class AcceptFilter:
     ``verdict``: ``"em"`` (string exact match), ``"recall"`` (token recall >= ``min_recall``),
     ``"llm"`` (LLM judge says correct), ``"em_or_llm"``, or ``"none"`` (any answered run).
     A ``grounded`` verdict (provenance teacher) must be ok when ``require_grounded``.
+    With ``require_clean_queries`` no step's exported query (its first: the ``<search>`` the
+    student learns) may be degenerate (:func:`masksearch.agents.quality.degenerate_query`:
+    empty, too short, echoing the prompts, holding ``[mask]``, or a sentence of a masked passage
+    copied whole); the reason is ``degenerate_query:<why>``.
     """
 
     verdict: str = "em"
@@ -106,11 +110,13 @@ class AcceptFilter:
     require_grounded: bool = True
     min_searches: int = 1
     max_turns: int | None = None
+    require_clean_queries: bool = True
 
     @classmethod
     def parse(cls, spec: "str | AcceptFilter | None") -> "AcceptFilter":
         """``"em"``, ``"recall"``, ``"recall:0.8"``, ``"llm"``, ``"em_or_llm"``, ``"none"``; extra
-        comma-separated options: ``max_turns=3``, ``min_searches=0``, ``format=0``, ``grounded=0``."""
+        comma-separated options: ``max_turns=3``, ``min_searches=0``, ``format=0``, ``grounded=0``,
+        ``queries=0`` (allow degenerate queries)."""
         if isinstance(spec, AcceptFilter):
             return spec
         f = cls()
@@ -128,8 +134,10 @@ class AcceptFilter:
                     f.require_format = v not in ("0", "false", "no")
                 elif k == "grounded":
                     f.require_grounded = v not in ("0", "false", "no")
+                elif k == "queries":
+                    f.require_clean_queries = v not in ("0", "false", "no")
                 else:
-                    raise ValueError(f"unknown accept option {k!r} (max_turns, min_searches, format, grounded)")
+                    raise ValueError(f"unknown accept option {k!r} (max_turns, min_searches, format, grounded, queries)")
                 continue
             name, _, arg = p.partition(":")
             if name not in ("em", "recall", "llm", "em_or_llm", "none"):
@@ -156,6 +164,13 @@ class AcceptFilter:
               "llm": llm is True, "em_or_llm": bool(s.get("em")) or llm is True, "none": True}[self.verdict]
         if not ok:
             return False, f"verdict:{self.verdict}"
+        if self.require_clean_queries:
+            from masksearch.agents.quality import degenerate_query
+
+            for step in traj.steps:
+                why = degenerate_query(step.queries[0] if step.queries else "", traj.question)
+                if why:
+                    return False, f"degenerate_query:{why}"
         if self.require_format and traj.answer is not None:
             if format_problems(trajectory_to_sft_row(traj)["messages"]):
                 return False, "format"

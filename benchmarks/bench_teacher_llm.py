@@ -1,0 +1,128 @@
+"""The LLM teacher measured: Qwen2.5-Coder 0.5B and 1.5B through a real llama.cpp server, beside
+the provenance teacher, on the same RAMP questions.
+
+Each Qwen model plays every role (planner, rewriter, observer) of the teacher graph, answering in
+JSON schemas (constrained decoding); BM25 (tantivy) over the shared 31k-passage corpus is the
+search tool. The accept rule is the one ``masksearch cot`` uses: answered, well formed, string
+verdict (EM against every masked span), grounded, and no degenerate queries. Printed per teacher:
+acceptance rate, rejection and malformed-reply reasons, trajectories per minute (the llama.cpp
+server is started before the clock), mean searches and turns; then the ratio to the provenance
+teacher's acceptance.
+
+Needs the 1.5B parts: ``make teacher-1p5b``. Resumable: a rerun with the same ``--out`` keeps the
+trajectories already written and adds the rest (wall time and counts accumulate in
+``OUT/bench_state.json``), so a long run on a busy machine can be stopped and continued.
+
+    nice -n 19 .venv/bin/python benchmarks/bench_teacher_llm.py [--n 48] [--models 1.5b,0.5b]
+        [--concurrency 8] [--max-turns 4] [--out runs/bench_teacher_llm]
+
+Last printed line: one JSON object with ``acceptance_rate_1p5b``, ``acceptance_rate_0p5b``,
+``tpm_1p5b``, ``tpm_0p5b`` (and the provenance teacher's ``acceptance_rate_provenance``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MODELS = {"0.5b": "qwen2.5-coder-0.5b", "1.5b": "qwen2.5-coder-1.5b"}
+
+
+def _key(tag: str) -> str:
+    return tag.replace(".", "p")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=48, help="RAMP questions")
+    ap.add_argument("--models", default="1.5b,0.5b", help="comma list of 0.5b, 1.5b")
+    ap.add_argument("--concurrency", type=int, default=8, help="runs in flight = llama.cpp slots")
+    ap.add_argument("--max-turns", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all usable cores)")
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--out", default="runs/bench_teacher_llm")
+    ap.add_argument("--index", default=None, help="BM25 index of the shared corpus (default: the cache's "
+                                                  "bm25-shared, built once if missing)")
+    args = ap.parse_args()
+
+    from masksearch.data.ramp import generate_ramp
+    from masksearch.models.llamacpp import shared_server
+    from masksearch.paths import home, shared_corpus
+    from masksearch.retrieval import build_index
+    from masksearch.training.export import run_cot
+
+    corpus = shared_corpus()
+    if corpus is None:
+        sys.exit("the shared corpus (../shared/data/corpus/wiki_passages.jsonl) is missing")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    index = Path(args.index) if args.index else home() / "bm25-shared"
+    if not (index / "manifest.json").exists():
+        build_index(str(corpus), kind="bm25", out=str(index))
+    ramp = out / "ramp.jsonl"
+    if not ramp.exists():
+        generate_ramp(str(corpus), ramp, n=args.n, strategy="rules", max_masks=2, seed=args.seed, progress=False)
+    retriever = f"bm25:{index}"
+    state_path = out / "bench_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    print(f"{args.n} RAMP questions ({ramp}), BM25 {index}, max_turns {args.max_turns}, concurrency "
+          f"{args.concurrency}; host {platform.machine()} {os.cpu_count()} cpus "
+          f"(a shared machine: other jobs' load slows every figure)")
+
+    results: dict[str, dict] = {}
+    prov = run_cot(ramp, out / "provenance", teacher="provenance", retriever=retriever, limit=args.n,
+                   concurrency=4, progress=False)
+    results["provenance"] = prov
+
+    tags = [t.strip() for t in args.models.split(",") if t.strip()]
+    for tag in tags:
+        name = MODELS[tag]
+        opts = {"n_parallel": args.concurrency, "max_new_tokens": args.max_new_tokens, "temperature": 0.0}
+        if args.threads:
+            opts["n_threads"] = args.threads
+        t = time.perf_counter()
+        shared_server(name, n_parallel=args.concurrency, n_threads=args.threads)  # loaded before the clock
+        print(f"[{tag}] llama.cpp server ready in {time.perf_counter() - t:.1f}s")
+        s = run_cot(ramp, out / tag, teacher=f"llamacpp:{name}", retriever=retriever, limit=args.n,
+                    concurrency=args.concurrency, max_turns=args.max_turns, model_options=opts, progress=False)
+        st = state.setdefault(tag, {"seconds": 0.0, "new": 0})
+        st["seconds"] += s["seconds"]
+        st["new"] += s["new_this_run"]
+        state_path.write_text(json.dumps(state, indent=2))
+        s["tpm_total"] = round(st["new"] / st["seconds"] * 60, 3) if st["seconds"] > 0 else 0.0
+        results[tag] = s
+
+    print(f"\n{'teacher':<12}{'runs':>6}{'accepted':>10}{'rate':>8}{'traj/min':>10}{'searches':>10}{'turns':>8}")
+    for k, s in results.items():
+        tpm = s.get("tpm_total", s["trajectories_per_minute"])
+        print(f"{k:<12}{s['trajectories']:>6}{s['accepted']:>10}{s['acceptance_rate']:>8.2f}{tpm:>10.2f}"
+              f"{s['mean_searches']:>10.2f}{s['mean_turns']:>8.2f}")
+    for k, s in results.items():
+        print(f"[{k}] rejected: {s['rejected_by_reason']}  malformed replies: {s['malformed_role_outputs']}  "
+              f"status: {s['by_status']}")
+    p_rate = prov["acceptance_rate"] or 0.0
+    for tag in tags:
+        r = results[tag]["acceptance_rate"]
+        print(f"[{tag}] acceptance {r:.2f} vs provenance {p_rate:.2f}: ratio {r / p_rate if p_rate else 0:.2f}")
+    final = {"n": args.n, "acceptance_rate_provenance": p_rate}
+    for tag in ("1.5b", "0.5b"):
+        s = results.get(tag)
+        final[f"acceptance_rate_{_key(tag)}"] = s["acceptance_rate"] if s else None
+        final[f"tpm_{_key(tag)}"] = s["tpm_total"] if s else None
+        final[f"accepted_{_key(tag)}"] = s["accepted"] if s else None
+        final[f"trajectories_{_key(tag)}"] = s["trajectories"] if s else None
+    print(json.dumps(final))
+
+
+if __name__ == "__main__":
+    main()

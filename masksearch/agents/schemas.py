@@ -1,0 +1,45 @@
+"""JSON schemas of the teacher roles' replies, for backends with constrained decoding.
+
+Each schema is small on purpose (a reply must fit a role's token budget: llama.cpp cuts a reply
+at ``max_tokens`` inside a string just as it would cut a tag) and strict (every field required, no
+extra fields), so the same schema works with llama.cpp's and vLLM's ``response_format`` and with
+OpenAI / DashScope structured outputs. The properties come in the order the model should think:
+the thought before the decision. They are asked for through LangChain's
+``with_structured_output(schema, method="json_schema")``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+THOUGHT_CHARS = 300
+QUERY_CHARS = 120
+TEXT_CHARS = 200
+
+
+def _obj(title: str, props: dict[str, Any]) -> dict[str, Any]:
+    return {"title": title, "type": "object", "properties": props, "required": list(props),
+            "additionalProperties": False}
+
+
+def _str(max_len: int, min_len: int = 1) -> dict[str, Any]:
+    return {"type": "string", "minLength": min_len, "maxLength": max_len}
+
+
+def planner_schema() -> dict[str, Any]:
+    return _obj("planner", {"thought": _str(THOUGHT_CHARS), "query": _str(QUERY_CHARS, 3)})
+
+
+def rewriter_schema(n: int = 3) -> dict[str, Any]:
+    return _obj("rewriter", {"queries": {"type": "array", "items": _str(QUERY_CHARS, 3),
+                                         "minItems": 1, "maxItems": max(1, int(n))}})
+
+
+def observer_schema(decisions: tuple[str, ...] = ("answer", "next", "replan")) -> dict[str, Any]:
+    """On the last turn the graph passes ``("answer",)``: the decoder can then only answer."""
+    return _obj("observer", {"thought": _str(THOUGHT_CHARS), "decision": {"type": "string", "enum": list(decisions)},
+                             "text": _str(TEXT_CHARS, 0)})
+
+
+def judge_schema() -> dict[str, Any]:
+    return _obj("judge", {"verdict": {"type": "string", "enum": ["correct", "incorrect"]}})

@@ -1,0 +1,5 @@
+"""``python -m masksearch.cli ...`` = the ``masksearch`` command."""
+
+from masksearch.cli import entry
+
+entry()

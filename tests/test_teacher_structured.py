@@ -1,0 +1,126 @@
+"""Structured (JSON-schema) role replies, the degenerate-query rule, and how each role was read."""
+
+from __future__ import annotations
+
+import pytest
+
+from masksearch.agents import schemas
+from masksearch.agents import teacher as roles
+from masksearch.agents.quality import degenerate_query
+from masksearch.trajectory import Step, Trajectory
+
+RAMP_Q = ("In [mask], tulip traders could no longer find new buyers. Prices collapsed and the bubble burst. "
+          "Mackay says the Dutch devolved into accusations.\n\nFill in each of the 1 [mask] blanks in the "
+          "passage above with the original text.")
+
+
+@pytest.mark.parametrize("query,why", [
+    ("", "empty"), ("  ", "empty"), ("a?", "too_short"),
+    ("next sub-query", "prompt_echo"), ("latest search results", "prompt_echo"),
+    ("the search query", "prompt_echo"),
+    ("In [mask], tulip traders", "mask_token"),
+    # the whole masked passage pasted (blank removed): more than a sentence and >= 80 % of it
+    ("In tulip traders could no longer find new buyers. Prices collapsed and the bubble burst. Mackay says "
+     "the Dutch devolved into accusations.", "copy"),
+    # fine: key words, or one sentence of the passage (what the provenance teacher searches)
+    ("tulip mania 1637 crash", None),
+    ("tulip traders could no longer find new buyers", None),
+])
+def test_degenerate_queries(query, why):
+    assert degenerate_query(query, RAMP_Q) == why
+
+
+def test_copying_an_ordinary_question_is_a_fair_first_search():
+    assert degenerate_query("Who built the Eiffel Tower", "Who built the Eiffel Tower?") is None
+
+
+def _traj(query: str) -> Trajectory:
+    return Trajectory(id="r", question=RAMP_Q, golden_answers=["1637"], status="answered", answer="1637",
+                      steps=[Step(thought="t", queries=[query], information="<information>1637</information>")],
+                      verdicts={"string": {"em": 1, "recall": 1.0}}, final_thought="found it")
+
+
+def test_accept_filter_rejects_degenerate_queries():
+    from masksearch.training.export import AcceptFilter
+
+    f = AcceptFilter.parse("em")
+    assert f.check(_traj("next sub-query")) == (False, "degenerate_query:prompt_echo")
+    assert f.check(_traj("tulip mania bubble year")) == (True, "accepted")
+    assert AcceptFilter.parse("em,queries=0").check(_traj("next sub-query"))[0] is True
+
+
+def test_json_replies_read_like_tags():
+    assert roles.planner_from_json({"thought": "t", "query": " tulip  mania "}).text == "tulip mania"
+    assert roles.planner_from_json({"thought": "t", "query": ""}).reason == "empty_query"
+    assert roles.rewriter_from_json({"queries": ["a b c", "A B C", "d e f"]}).queries == ["a b c", "d e f"]
+    assert roles.observer_from_json({"thought": "t", "decision": "answer", "text": ""}).reason == "empty_answer"
+    assert roles.observer_from_json({"thought": "t", "decision": "maybe", "text": "x"}).reason == "no_decision"
+    assert roles.observer_from_json({"thought": "t", "decision": "next", "text": "Dutch tulip"}).kind == "next"
+
+
+def test_schemas_are_strict_and_the_last_observer_turn_can_only_answer():
+    for s in (schemas.planner_schema(), schemas.rewriter_schema(3), schemas.observer_schema(), schemas.judge_schema()):
+        assert s["additionalProperties"] is False and s["required"] == list(s["properties"])
+    assert list(schemas.planner_schema()["properties"]) == ["thought", "query"]  # think first
+    assert schemas.observer_schema(("answer",))["properties"]["decision"]["enum"] == ["answer"]
+    assert schemas.rewriter_schema(2)["properties"]["queries"]["maxItems"] == 2
+
+
+def test_read_mode_follows_the_backend():
+    from test_teacher_fakes import ScriptedChatModel
+
+    from masksearch.models.remote import make_openai_compatible
+
+    remote = make_openai_compatible("vllm", "m", base_url="http://127.0.0.1:9/v1")
+    assert roles.read_mode(remote) == "json_schema"
+    assert roles.read_mode(make_openai_compatible("vllm", "m", base_url="http://127.0.0.1:9/v1",
+                                                  structured_output=None)) == "tags"
+    assert roles.read_mode(ScriptedChatModel()) == "tags"  # e.g. the local transformers models
+
+
+def test_degenerate_planner_query_is_retried_with_the_reason():
+    import asyncio
+
+    from test_teacher_fakes import ScriptedChatModel
+
+    model = ScriptedChatModel(scripts={"planner": ["<think>t</think><query>next sub-query</query>",
+                                                   "<think>t</think><query>tulip mania crash year</query>"]})
+    call = asyncio.run(roles.plan(model, RAMP_Q))
+    assert call.read == "tags" and call.output.text == "tulip mania crash year"
+    assert call.malformed == ["degenerate_query:prompt_echo"]
+    retry_note = model.calls[-1][1][-1].content
+    assert "repeats words of these instructions" in retry_note
+
+
+def test_trajectory_records_how_each_role_was_read():
+    from test_teacher_fakes import MemoryRetriever, ScriptedChatModel
+
+    from masksearch.graphs.teacher import TeacherContext, run_teacher
+
+    model = ScriptedChatModel(scripts={
+        "planner": ["<think>I need the builder.</think><query>Eiffel Tower builder</query>"],
+        "rewriter": ["<queries>\nEiffel Tower construction\n</queries>"],
+        "observer": ["<think>Doc 1 says so.</think><answer>Gustave Eiffel</answer>"]})
+    t = run_teacher({"id": "q", "question": "Who built the Eiffel Tower?", "golden_answers": ["Gustave Eiffel"]},
+                    TeacherContext(models=model, retriever=MemoryRetriever(), search_retries=0))
+    assert t.status == "answered"
+    assert t.metadata["role_reads"] == {"planner": "tags", "rewriter": "tags", "observer": "tags"}
+    assert {c["read"] for c in t.llm_calls} == {"tags"}
+
+
+def test_sft_rows_mix_teachers_with_per_row_provenance(tmp_path):
+    from masksearch.training.sft import load_rows
+    from masksearch.trajectory import Provenance, write_trajectories
+
+    files = []
+    for teacher, query in (("provenance", "tulip traders could no longer find new buyers"),
+                           ("llm:llamacpp:qwen2.5-coder-1.5b", "tulip mania bubble year"),
+                           ("llm:llamacpp:qwen2.5-coder-1.5b", "next sub-query")):  # rejected: degenerate
+        t = _traj(query)
+        t.id = f"{teacher}-{len(files)}"
+        t.provenance = Provenance(graph="teacher", teacher=teacher)
+        f = tmp_path / f"{len(files)}.jsonl"
+        write_trajectories(str(f), [t], append=False)
+        files.append(f)
+    rows = load_rows(files, "ramp")
+    assert [r["teacher"] for r in rows] == ["provenance", "llm:llamacpp:qwen2.5-coder-1.5b"]
