@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from masksearch.protocol import message_text
 from masksearch.scoring import MATCH_RULES, match_rule, score
 
 
@@ -84,11 +85,6 @@ def judge_messages(question: str, golds: Sequence[str], prediction: str | None,
     ]
 
 
-def _reply_text(msg: Any) -> str:
-    content = getattr(msg, "content", msg)
-    return content if isinstance(content, str) else str(content)
-
-
 @dataclass
 class Verdict:
     correct: bool | None
@@ -121,7 +117,7 @@ class LLMJudge:
               answer_match: str | None = "any") -> Verdict:
         if not (prediction or "").strip():
             return Verdict(False, "")
-        raw = _reply_text(self.model.invoke(judge_messages(question, golds, prediction, answer_match), **self._kwargs()))
+        raw = message_text(self.model.invoke(judge_messages(question, golds, prediction, answer_match), **self._kwargs()))
         return Verdict(parse_verdict(raw), raw)
 
     async def ajudge(self, question: str, golds: Sequence[str], prediction: str | None,
@@ -129,7 +125,7 @@ class LLMJudge:
         if not (prediction or "").strip():
             return Verdict(False, "")
         msgs = judge_messages(question, golds, prediction, answer_match)
-        raw = _reply_text(await self.model.ainvoke(msgs, config=config, **self._kwargs()))
+        raw = message_text(await self.model.ainvoke(msgs, config=config, **self._kwargs()))
         return Verdict(parse_verdict(raw), raw)
 
     def judge_batch(self, items: Sequence[tuple[str, Sequence[str], str | None, str | None]]) -> list[Verdict | Exception]:
@@ -146,7 +142,7 @@ class LLMJudge:
         if todo:
             replies = self.model.batch([m for _, m in todo], return_exceptions=True, **self._kwargs())
             for (i, _), r in zip(todo, replies):
-                out[i] = r if isinstance(r, Exception) else Verdict(parse_verdict(_reply_text(r)), _reply_text(r))
+                out[i] = r if isinstance(r, Exception) else Verdict(parse_verdict(message_text(r)), message_text(r))
         return out  # type: ignore[return-value]
 
 
@@ -167,7 +163,7 @@ async def allm_verdict(model: Any, question: str, gold: Sequence[str], pred: str
             out = await model.with_structured_output(judge_schema(), method="json_schema", include_raw=True,
                                                      strict=True).ainvoke(
                 judge_messages(question, gold, pred, answer_match), config={"metadata": {"role": "judge", "read": mode}})
-            raw = _reply_text(out.get("raw"))
+            raw = message_text(out.get("raw"))
             verdict = (out.get("parsed") or {}).get("verdict")
             return {**Verdict(parse_verdict(f"Verdict: {verdict}" if verdict else raw), raw).to_dict(), "read": mode}
         v = await LLMJudge(model).ajudge(question, gold, pred, answer_match,

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from masksearch.agents import prompts, schemas
 from masksearch.agents.quality import degenerate_query
-from masksearch.protocol import MAX_REPLY_CHARS, last_tag
+from masksearch.protocol import MAX_REPLY_CHARS, last_tag, message_text
 from masksearch.utils.scrub import scrub
 
 ROLES = ("planner", "rewriter", "observer", "judge")
@@ -178,13 +178,6 @@ class RoleCall:
     read: str = "tags"  # how the replies were read: "json_schema" | "tags"
 
 
-def _content(msg: Any) -> str:
-    c = getattr(msg, "content", msg)
-    if isinstance(c, list):  # content blocks
-        c = "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in c)
-    return str(c or "")
-
-
 # JSON replies -> RoleOutput (the same classification as the tag parsers)
 def planner_from_json(data: dict[str, Any]) -> RoleOutput:
     think = " ".join(str(data.get("thought") or "").split())
@@ -256,12 +249,12 @@ async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable
             # a JSON reply cut by the token limit (the OpenAI client refuses to parse it): malformed
             reply = {"raw": "", "parsed": None, "cut": True}
         if mode == "json_schema":
-            text = _content(reply.get("raw"))
+            text = message_text(reply.get("raw"))
             data = reply.get("parsed")
             out = (from_json(data) if isinstance(data, dict)
                    else RoleOutput("malformed", reason="json_cut" if reply.get("cut") else "invalid_json"))
         else:
-            text = _content(reply)
+            text = message_text(reply)
             out = parser(text)
         if out.ok and validate is not None:
             why = validate(out)

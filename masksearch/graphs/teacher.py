@@ -42,7 +42,7 @@ from masksearch.agents import judge as judge_mod
 from masksearch.agents import teacher as roles
 from masksearch.graphs import resources
 from masksearch.graphs.resources import DEFAULT_MODEL, SHARED_BM25
-from masksearch.protocol import information_block
+from masksearch.protocol import information_block, message_text
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
 from masksearch.utils.names import spec_name
 
@@ -331,7 +331,8 @@ async def judge(state: TeacherState, runtime: Runtime[TeacherContext]) -> dict[s
         state.get("answer"), state.get("golden_answers", []), state.get("answer_match", "any"))}
     if ctx.llm_judge and state.get("answer"):
         verdicts["llm"] = await judge_mod.allm_verdict(ctx.model("judge"), state["question"],
-                                                       state.get("golden_answers", []), state.get("answer"))
+                                                       state.get("golden_answers", []), state.get("answer"),
+                                                       answer_match=state.get("answer_match"))
     return {"verdicts": verdicts}
 
 
@@ -393,7 +394,7 @@ class LLMCallRecorder(BaseCallbackHandler):
             "attempt": meta.get("attempt", 0),
             "read": meta.get("read"),  # "json_schema" | "tags": how the role's reply was read
             "params": {k: params[k] for k in _SAFE_PARAMS if k in params and isinstance(params[k], (str, int, float, list))},
-            "messages": [{"role": getattr(m, "type", "?"), "content": scrub(roles._content(m), self._secrets)}
+            "messages": [{"role": getattr(m, "type", "?"), "content": scrub(message_text(m), self._secrets)}
                          for m in (messages[0] if messages else [])],
             "output": None,
             "error": None,

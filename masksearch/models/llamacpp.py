@@ -258,7 +258,7 @@ def make_llamacpp_chat_model(model: str, **options: Any):
         options.pop(k, None)
     nice = options.pop("server_nice", 0)
     srv = shared_server(model, nice=nice, **srv_kw)
-    from masksearch.models.remote import CONNECT_TIMEOUT_S, TIMEOUT_ENV, remote_defaults
+    from masksearch.models.remote import TIMEOUT_ENV
 
     # A local CPU server with every slot busy decodes slowly: a long reply must not look dead.
     # (--request-timeout / MASKSEARCH_REQUEST_TIMEOUT, when set, wins over this default.)
@@ -267,13 +267,5 @@ def make_llamacpp_chat_model(model: str, **options: Any):
     options.setdefault("max_retries", 1)
     if "max_new_tokens" not in options:
         options.setdefault("max_tokens", 256)
-    if "http_async_client" not in options:
-        # langchain-openai shares one cached async httpx client per (URL, timeout) across models;
-        # its pooled connections belong to the event loop that opened them, so a second
-        # ``asyncio.run`` (a later cot / eval stage) would fail with "Event loop is closed".
-        import httpx
-
-        t = float(options.get("timeout") or remote_defaults()[0])
-        options["http_async_client"] = httpx.AsyncClient(timeout=httpx.Timeout(t, connect=min(CONNECT_TIMEOUT_S, t)))
     chat = make_openai_compatible("vllm", Path(model).name, base_url=srv.url, **options)
     return chat

@@ -278,6 +278,11 @@ def make_openai_compatible(provider: str, model: str, **options: Any) -> OpenAIC
     import httpx
 
     t = float(timeout)
+    http_timeout = httpx.Timeout(t, connect=min(CONNECT_TIMEOUT_S, t))
+    if "http_async_client" not in options:
+        # langchain-openai otherwise shares one cached async httpx client per (URL, timeout)
+        # across models; its pooled connections belong to the event loop that opened them, so a
+        # second ``asyncio.run`` (a later cot / eval stage) fails with "Event loop is closed".
+        options["http_async_client"] = httpx.AsyncClient(timeout=http_timeout)
     return OpenAICompatibleChatModel(model=model, api_key=api_key, base_url=base_url, key_env=key_env,
-                                     timeout=httpx.Timeout(t, connect=min(CONNECT_TIMEOUT_S, t)),
-                                     max_retries=retries, timeout_s=t, **options)
+                                     timeout=http_timeout, max_retries=retries, timeout_s=t, **options)
