@@ -19,6 +19,7 @@ TRL option (``loss_type``, ``beta``, ``num_generations``, ``use_vllm`` ...) work
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -87,6 +88,7 @@ def build_dataset(examples: Sequence[QAExample], script: GRPOScriptArguments, ar
 
 
 
+@functools.lru_cache(maxsize=None)
 def student_grpo_trainer_class() -> type:
     """``GRPOTrainer`` that also logs what the rollout recorded (``rollout/*``, ``dynamic_sampling/*``),
     averaged since the last log line, through the public ``Trainer.log``."""
