@@ -124,3 +124,18 @@ def test_padding_free_accumulation_trains_the_same_step(tiny_model_path, tmp_pat
     changed = max(float((w_a[k] - load_student(f"hf:{tiny_model_path}")[0].state_dict()[k]).abs().max()) for k in
                   ("model.embed_tokens.weight",))
     assert changed > 1e-4 and moved < 1e-5, (changed, moved)  # it trained, and both trained the same
+
+
+def test_grpo_micro_batches_keep_the_generation_batch():
+    from masksearch.training.grpo import parse_args, prompts_per_step, unpad_micro_batches
+
+    _, args, _ = parse_args(["--config", "configs/grpo.yaml", "--per_device_train_batch_size", "8",
+                             "--num_generations", "4", "--loss_type", "dapo"])
+    before = (args.generation_batch_size, prompts_per_step(args))
+    unpad_micro_batches(args)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.steps_per_generation) == (1, 8, 8)
+    assert (args.generation_batch_size, prompts_per_step(args)) == before == (8, 2)
+    # TRL computes old log-probs (a second forward pass) only when these are misaligned
+    assert args.gradient_accumulation_steps % (args.steps_per_generation * args.num_iterations) == 0
+    _, bnpo, _ = parse_args(["--config", "configs/grpo.yaml", "--per_device_train_batch_size", "8", "--loss_type", "bnpo"])
+    assert unpad_micro_batches(bnpo).per_device_train_batch_size == 8  # its normaliser is per micro-batch: left alone

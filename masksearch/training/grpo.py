@@ -59,6 +59,24 @@ log = logging.getLogger(__name__)
 _TRAJ_TOKEN_KEYS = ("prompt_ids", "completion_ids", "completion_mask", "completion_logprobs", "llm_calls")
 
 
+def unpad_micro_batches(args: Any) -> Any:
+    """Without a GPU: ``per_device_train_batch_size`` B -> 1, ``gradient_accumulation_steps`` and
+    ``steps_per_generation`` x B.  The generation batch, the optimizer steps and the loss stay the
+    same for the losses whose normaliser does not depend on the micro-batch (``dapo``: the generation
+    batch's token count; ``grpo``: a mean of sequence means; ``dr_grpo``: a constant), so only those
+    are converted; the forward/backward passes see no padding.  ``gradient_accumulation_steps`` stays
+    a multiple of ``steps_per_generation x num_iterations``, so TRL needs no old-log-prob pass."""
+    from masksearch.training.config import _has_gpu
+
+    b = int(args.per_device_train_batch_size)
+    if _has_gpu() or b <= 1 or args.loss_type not in ("dapo", "grpo", "dr_grpo"):
+        return args
+    args.per_device_train_batch_size = 1
+    args.gradient_accumulation_steps = int(args.gradient_accumulation_steps) * b
+    args.steps_per_generation = int(args.steps_per_generation or 1) * b  # generation_batch_size is unchanged
+    return args
+
+
 def prompts_per_step(args: Any) -> int:
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, getattr(args, "world_size", 1))
     return max(1, per_step // max(1, args.num_generations))
@@ -231,6 +249,8 @@ def run_grpo(
     from masksearch.training.speed import fast_lm_head
 
     adapt_to_device(training_args)
+    if script.padding_free_accumulation:
+        unpad_micro_batches(training_args)
     if script.rollout_backend not in ("policy", "vllm"):
         raise MaskSearchError(f"unknown rollout_backend {script.rollout_backend!r}: use policy or vllm")
     examples = _load_examples(script, examples)

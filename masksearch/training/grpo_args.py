@@ -37,6 +37,10 @@ class GRPOScriptArguments:
         "help": "DAPO dynamic sampling: replace groups whose rewards are all equal by groups of fresh prompts."})
     max_resample_rounds: int = field(default=2, metadata={
         "help": "Dynamic sampling: at most this many refill rounds per batch (extra rollouts <= rounds x batch)."})
+    padding_free_accumulation: bool = field(default=True, metadata={
+        "help": "Without a GPU, optimise each completion as its own micro-batch (per_device_train_batch_size "
+                "completions become accumulation steps of one): no padding, one optimizer step per generation "
+                "batch as before, the same loss."})
     fast_lm_head: bool = field(default=True, metadata={
         "help": "Score only loss-carrying positions in TRL's fused LM head on every device (same loss; faster on CPU)."})
 
