@@ -139,3 +139,18 @@ def test_grpo_micro_batches_keep_the_generation_batch():
     assert args.gradient_accumulation_steps % (args.steps_per_generation * args.num_iterations) == 0
     _, bnpo, _ = parse_args(["--config", "configs/grpo.yaml", "--per_device_train_batch_size", "8", "--loss_type", "bnpo"])
     assert unpad_micro_batches(bnpo).per_device_train_batch_size == 8  # its normaliser is per micro-batch: left alone
+
+
+def test_adapt_to_device_really_turns_checkpointing_off_on_cpu():
+    """transformers 5 reads `activation_checkpointing`; setting its old alias after construction did
+    nothing, so a GRPOConfig built in code kept TRL's default (recompute every forward pass)."""
+    from trl import GRPOConfig
+
+    from masksearch.training.config import _has_gpu, adapt_to_device
+
+    cfg = GRPOConfig(output_dir="/tmp/ms-adapt", use_cpu=True, bf16=False)
+    if _has_gpu():
+        pytest.skip("CPU-only behaviour")
+    assert cfg.activation_checkpointing  # TRL's default
+    adapt_to_device(cfg)
+    assert cfg.activation_checkpointing is False and cfg.gradient_checkpointing is False

@@ -101,7 +101,9 @@ def adapt_to_device(train_config: Any) -> Any:
     """Make a TRL config runnable where it is: without a GPU, TRL's GPU-minded defaults (bf16,
     gradient checkpointing) only fail or slow the run, so they are turned off."""
     if not _has_gpu():
-        for name in ("bf16", "fp16", "gradient_checkpointing"):
+        # transformers 5 reads `activation_checkpointing`; `gradient_checkpointing` is its deprecated
+        # alias, resolved only at construction, so setting the old name afterwards changed nothing
+        for name in ("bf16", "fp16", "gradient_checkpointing", "activation_checkpointing"):
             if getattr(train_config, name, False):
                 setattr(train_config, name, False)
     return train_config
