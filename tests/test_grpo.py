@@ -204,7 +204,7 @@ def test_tiny_model_runs_grpo_steps_end_to_end(tiny_model_path, bm25_dir, tmp_pa
         "--retriever", f"bm25:{bm25_dir}", "--output_dir", str(out_dir), "--max_steps", "2",
         "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_completion_length", "96",
         "--max_new_tokens", "16", "--max_turns", "2", "--info_max_tokens", "48", "--learning_rate", "1e-2",
-        "--loss_type", "grpo", "--beta", "0.02",
+        "--loss_type", "grpo", "--beta", "0.02", "--dynamic_sampling", "true", "--max_resample_rounds", "1",
     ])
 
     def token_parity(prompts, completions, completion_ids, **kw):
@@ -213,14 +213,16 @@ def test_tiny_model_runs_grpo_steps_end_to_end(tiny_model_path, bm25_dir, tmp_pa
 
     before = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
     summary = run_grpo(script, targs, margs, examples=EXAMPLES * 2, extra_rewards=[(token_parity, 1.0)])
-    assert summary["steps"] == 2 and summary["rollouts"] == 2 * 4
+    assert summary["steps"] == 2 and summary["rollouts"] >= 2 * 4
     rows = [json.loads(line) for line in open(out_dir / "grpo_log.jsonl")]
     logged = [r for r in rows if "reward" in r]
     assert len(logged) == 2 and all("rewards/format_reward/mean" in r and "kl" in r for r in logged)
-    assert all("rollout/num_searches" in r for r in logged)
+    # rollout and dynamic-sampling metrics reach the log through Trainer.log (not TRL's private _metrics)
+    assert all("rollout/num_searches" in r and "dynamic_sampling/groups_all_equal" in r for r in logged)
+    assert all(r["dynamic_sampling/extra_rollouts"] <= 1 * 4 for r in logged)
     assert (out_dir / "grpo_curves.png").stat().st_size > 1000
     trajs = [json.loads(line) for line in open(out_dir / "rollouts.jsonl")]
-    assert len(trajs) == 8 and {t["provenance"]["graph"] for t in trajs} == {"student"}
+    assert len(trajs) == summary["rollouts"] and {t["provenance"]["graph"] for t in trajs} == {"student"}
     after = AutoModelForCausalLM.from_pretrained(out_dir).state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "GRPO steps did not update the policy"

@@ -141,8 +141,10 @@ def test_trl_parser_reads_yaml_and_flags(tmp_path):
 
 
 def test_shipped_config_parses():
-    script, sft = parse_sft_args(["--config", str(Path(__file__).parent.parent / "configs" / "sft.yaml")])
+    script, sft = parse_sft_args(["--config", str(Path(__file__).parent.parent / "configs" / "sft.yaml"),
+                                  "--use_peft", "true", "--lora_r", "8"])
     assert script.model == "smollm2" and sft.max_steps > 0 and sft.save_strategy == "no"
+    assert script.model_config.use_peft and script.model_config.lora_r == 8  # TRL's ModelConfig
 
 
 @pytest.mark.slow
@@ -184,16 +186,21 @@ def test_tiny_model_learns_and_checkpoint_runs_in_graph(tiny_model_path, teacher
 @pytest.mark.slow
 def test_lora_checkpoint_is_merged(tiny_model_path, teacher_file, tmp_path):
     from transformers import AutoModelForCausalLM
-    from trl import SFTConfig
+    from trl import ModelConfig, SFTConfig
 
-    from masksearch.training.sft import run_sft
+    from masksearch.training.sft import peft_config_for, run_sft
 
     out = tmp_path / "lora"
-    script = SFTScriptArguments(model=f"hf:{tiny_model_path}", ramp_files=[str(teacher_file)], use_lora=True,
-                                lora_r=4, lora_alpha=8, plot=False)
+    script = SFTScriptArguments(model=f"hf:{tiny_model_path}", ramp_files=[str(teacher_file)], plot=False)
+    # LoRA options come from TRL's ModelConfig (get_peft_config); the old use_lora flag turns it on
+    model_args = ModelConfig(use_peft=False, lora_r=4, lora_alpha=8, lora_target_modules=["all-linear"])
+    assert peft_config_for(script, model_args) is None
+    script.use_lora = True
+    peft = peft_config_for(script, model_args)
+    assert peft.r == 4 and peft.lora_alpha == 8 and peft.target_modules == "all-linear"
     cfg = SFTConfig(output_dir=str(out), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3,
                     save_strategy="no", report_to="none", bf16=False, gradient_checkpointing=False, max_length=2048)
-    report = run_sft(script, cfg)
+    report = run_sft(script, cfg, model_args=model_args)
     assert report["lora"] and not (out / "adapter_config.json").exists()
     m = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path)

@@ -1,8 +1,9 @@
 """Our own training arguments.  TRL's ``SFTConfig`` is used as is next to them (TRL's ``TrlParser``
 pattern), so every TRL/transformers option works from YAML or flags without being re-declared here.
 
-``masksearch train sft --config configs/sft.yaml --max_steps 50 --use_lora true`` reads
-:class:`SFTScriptArguments` + ``trl.SFTConfig`` from the YAML, flags override.
+``masksearch train sft --config configs/sft.yaml --max_steps 50 --use_peft true`` reads
+:class:`SFTScriptArguments` + ``trl.SFTConfig`` + ``trl.ModelConfig`` (LoRA options: ``use_peft``,
+``lora_r``, ``lora_alpha``, ``lora_target_modules`` ...) from the YAML, flags override.
 """
 
 from __future__ import annotations
@@ -28,16 +29,20 @@ class SFTScriptArguments:
     curriculum: str = field(default="mask_count", metadata={
         "help": "'mask_count': easy to hard by number of masks (sequential sampler); 'none': shuffled."})
     max_rows: int | None = field(default=None, metadata={"help": "Use at most this many rows (after mixing)."})
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    use_lora: bool = field(default=False, metadata={
+        "help": "Old name of TRL ModelConfig's use_peft (LoRA options: lora_r, lora_alpha, ... of ModelConfig); "
+                "without a ModelConfig it trains LoRA r=16, alpha=32 on all linear layers."})
     merge_lora: bool = field(default=True, metadata={
         "help": "Merge LoRA weights into the saved checkpoint so `hf:PATH` loads it as a plain model."})
     plot: bool = field(default=True, metadata={"help": "Write loss.png next to the checkpoint."})
     max_train_seconds: float | None = field(default=None, metadata={
         "help": "Stop training after this many seconds (a time budget next to max_steps)."})
+    fast_lm_head: bool = field(default=True, metadata={
+        "help": "Score only loss-carrying positions in TRL's fused LM head on every device (same loss; faster on CPU)."})
+    padding_free_accumulation: bool = field(default=True, metadata={
+        "help": "Without a GPU, train each row of a batch as its own micro-batch (per_device_train_batch_size rows "
+                "become gradient-accumulation steps of one row): no padding, the same rows per optimizer step, the "
+                "same token-mean loss."})
 
 
 @dataclass
@@ -96,7 +101,9 @@ def adapt_to_device(train_config: Any) -> Any:
     """Make a TRL config runnable where it is: without a GPU, TRL's GPU-minded defaults (bf16,
     gradient checkpointing) only fail or slow the run, so they are turned off."""
     if not _has_gpu():
-        for name in ("bf16", "fp16", "gradient_checkpointing"):
+        # transformers 5 reads `activation_checkpointing`; `gradient_checkpointing` is its deprecated
+        # alias, resolved only at construction, so setting the old name afterwards changed nothing
+        for name in ("bf16", "fp16", "gradient_checkpointing", "activation_checkpointing"):
             if getattr(train_config, name, False):
                 setattr(train_config, name, False)
     return train_config

@@ -37,8 +37,8 @@ LOSS_PLOT = "loss.png"
 
 # ----------------------------------------------------------------------------- model spec
 def resolve_model_path(spec: str) -> str:
-    """``smollm2`` -> the materialised embedded checkpoint; ``hf:X`` -> ``X``; else the spec."""
-    if spec in ("smollm2", "embedded", "default"):
+    """``smollm2`` (or empty) -> the materialised embedded checkpoint; ``hf:X`` -> ``X``; else the spec."""
+    if spec in ("", "smollm2", "embedded", "default"):
         from masksearch.models.local import materialize_embedded
 
         return str(materialize_embedded())
@@ -234,66 +234,82 @@ def _loss_history(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(int(h["step"]), float(h["loss"])) for h in log_history if "loss" in h and "step" in h]
 
 
-def run_sft(script_args: SFTScriptArguments, sft_config: Any, rows: list[dict[str, Any]] | None = None,
-            title: str | None = None) -> dict[str, Any]:
-    """Train the student; returns (and writes to ``<output_dir>/masksearch_sft.json``) a report.
+def peft_config_for(script_args: SFTScriptArguments, model_args: Any = None) -> Any:
+    """The LoRA config from TRL's ``ModelConfig`` (``use_peft``, ``lora_r`` ...) via TRL's
+    ``get_peft_config``; the old ``use_lora`` flag turns ``use_peft`` on (all linear layers when
+    no ``ModelConfig`` names the targets).  None: train all weights."""
+    from trl import ModelConfig
+    from trl.trainer.utils import get_peft_config
 
-    ``rows`` (optional) bypasses the file loading: already-mixed rows with ``messages``/``teacher``.
-    """
-    from trl import SFTTrainer
+    if model_args is None:
+        if not script_args.use_lora:
+            return None
+        model_args = ModelConfig(use_peft=True, lora_target_modules=["all-linear"])
+    elif script_args.use_lora and not model_args.use_peft:
+        model_args.use_peft = True
+    return get_peft_config(model_args)
 
-    t0 = time.perf_counter()
-    stats: Counter = Counter()
-    if rows is None:
-        ramp = load_rows(script_args.ramp_files, "ramp", script_args.accept, stats)
-        qa = load_rows(script_args.qa_files, "qa", script_args.accept, stats)
-        rows = mix_and_order(ramp, qa, qa_ratio=script_args.qa_ratio, curriculum=script_args.curriculum,
-                             max_rows=script_args.max_rows, seed=sft_config.seed)
-    if not rows:
-        raise MaskSearchError("no training rows: give --ramp_files/--qa_files with accepted trajectories "
-                              f"(read: {dict(stats) or 'nothing'})")
+
+def gather_rows(script_args: SFTScriptArguments, seed: int, stats: Counter) -> list[dict[str, Any]]:
+    """RAMP and QA rows from the script's files, mixed and in curriculum order."""
+    ramp = load_rows(script_args.ramp_files, "ramp", script_args.accept, stats)
+    qa = load_rows(script_args.qa_files, "qa", script_args.accept, stats)
+    return mix_and_order(ramp, qa, qa_ratio=script_args.qa_ratio, curriculum=script_args.curriculum,
+                         max_rows=script_args.max_rows, seed=seed)
+
+
+def prepare_config(script_args: SFTScriptArguments, sft_config: Any) -> Any:
+    """``SFTConfig`` adjusted to our rows and the device (curriculum order, our assistant mask)."""
+    from masksearch.training.config import _has_gpu, adapt_to_device
+
     if script_args.curriculum == "mask_count" and sft_config.train_sampling_strategy == "random":
         sft_config.train_sampling_strategy = "sequential"  # keep the curriculum order
-    from masksearch.training.config import adapt_to_device
-
     adapt_to_device(sft_config)
     if getattr(sft_config, "assistant_only_loss", False):
         sft_config.assistant_only_loss = False  # our rows carry the exact assistant mask already
+    if script_args.padding_free_accumulation and not _has_gpu() and sft_config.per_device_train_batch_size > 1:
+        # A CPU pays for every pad token (and TRL's padding_free needs varlen attention kernels a CPU
+        # lacks); one row per micro-batch is padding-free, and the Trainer's token-count normalisation
+        # over the accumulated micro-batches keeps the loss of the B-row batch.
+        sft_config.gradient_accumulation_steps *= sft_config.per_device_train_batch_size
+        sft_config.per_device_train_batch_size = 1
+    return sft_config
 
-    model, tok = load_student(script_args.model)
-    dataset = build_dataset(tok, rows)
-    peft_config = None
-    if script_args.use_lora:
-        from peft import LoraConfig
 
-        targets: Any = list(script_args.lora_target_modules)
-        if targets == ["all-linear"]:
-            targets = "all-linear"
-        peft_config = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha,
-                                 lora_dropout=script_args.lora_dropout, target_modules=targets,
-                                 task_type="CAUSAL_LM")
+def build_sft_trainer(script_args: SFTScriptArguments, sft_config: Any, rows: Sequence[dict[str, Any]],
+                      model_args: Any = None, model: Any = None, tokenizer: Any = None) -> Any:
+    """TRL's ``SFTTrainer`` over the pre-tokenised ``rows`` (``model``/``tokenizer`` override the spec)."""
+    from trl import SFTTrainer
+
+    if model is None or tokenizer is None:
+        spec = getattr(model_args, "model_name_or_path", None) or script_args.model
+        model, tokenizer = load_student(spec)
+    dataset = build_dataset(tokenizer, rows)
     callbacks = [TimeBudgetCallback(script_args.max_train_seconds)] if script_args.max_train_seconds else None
-    trainer = SFTTrainer(model=model, args=sft_config, train_dataset=dataset, processing_class=tok,
-                         peft_config=peft_config, callbacks=callbacks)
-    result = trainer.train()
-    out = Path(sft_config.output_dir)
+    return SFTTrainer(model=model, args=sft_config, train_dataset=dataset, processing_class=tokenizer,
+                      peft_config=peft_config_for(script_args, model_args), callbacks=callbacks)
+
+
+def _save(trainer: Any, out: Path, merge: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     final = trainer.model
-    if script_args.use_lora and script_args.merge_lora:
+    if merge and hasattr(final, "merge_and_unload"):
         final = final.merge_and_unload()
     final.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    trainer.processing_class.save_pretrained(str(out))
 
+
+def _report(script_args: SFTScriptArguments, trainer: Any, result: Any, rows: Sequence[dict[str, Any]],
+            stats: Counter, out: Path, title: str | None, seconds: float) -> dict[str, Any]:
     history = _loss_history(trainer.state.log_history)
+    teachers = Counter(r.get("teacher", "unknown") for r in rows)
     plot_path = None
     if script_args.plot and history:
         from masksearch.training.plots import plot_loss
 
-        teachers = Counter(r.get("teacher", "unknown") for r in rows)
         plot_path = str(plot_loss(history, out / LOSS_PLOT,
                                   title=title or f"SFT loss ({', '.join(f'{k}: {v}' for k, v in teachers.items())})"))
-    teachers = Counter(r.get("teacher", "unknown") for r in rows)
-    report = {
+    return {
         "output_dir": str(out),
         "model": script_args.model,
         "rows": len(rows),
@@ -303,28 +319,59 @@ def run_sft(script_args: SFTScriptArguments, sft_config: Any, rows: list[dict[st
                                                       key=lambda kv: (kv[0] is None, kv[0] or 0))},
         "read_stats": dict(stats),
         "curriculum": script_args.curriculum,
-        "lora": script_args.use_lora,
+        "lora": hasattr(trainer.model, "merge_and_unload"),  # a peft model
         "steps": int(trainer.state.global_step),
         "train_loss": round(float(result.training_loss), 4),
         "loss_first": history[0][1] if history else None,
         "loss_last": history[-1][1] if history else None,
         "loss_history": history,
         "loss_plot": plot_path,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
     }
+
+
+def run_sft(script_args: SFTScriptArguments, sft_config: Any, rows: list[dict[str, Any]] | None = None,
+            title: str | None = None, model_args: Any = None) -> dict[str, Any]:
+    """Train the student; returns (and writes to ``<output_dir>/masksearch_sft.json``) a report.
+
+    ``rows`` (optional) bypasses the file loading: already-mixed rows with ``messages``/``teacher``.
+    ``model_args``: TRL's ``ModelConfig`` (LoRA options; ``parse_sft_args`` attaches the parsed one
+    to ``script_args.model_config``).
+    """
+    from masksearch.training.speed import fast_lm_head
+
+    t0 = time.perf_counter()
+    stats: Counter = Counter()
+    if rows is None:
+        rows = gather_rows(script_args, sft_config.seed, stats)
+    if not rows:
+        raise MaskSearchError("no training rows: give --ramp_files/--qa_files with accepted trajectories "
+                              f"(read: {dict(stats) or 'nothing'})")
+    model_args = model_args if model_args is not None else getattr(script_args, "model_config", None)
+    trainer = build_sft_trainer(script_args, prepare_config(script_args, sft_config), rows, model_args)
+    with fast_lm_head(script_args.fast_lm_head):
+        result = trainer.train()
+    out = Path(sft_config.output_dir)
+    _save(trainer, out, merge=script_args.merge_lora)
+    report = _report(script_args, trainer, result, rows, stats, out, title, time.perf_counter() - t0)
     with open(out / REPORT_FILE, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     return report
 
 
 def parse_sft_args(argv: Sequence[str] | None = None):
-    """``(SFTScriptArguments, SFTConfig)`` from ``--config YAML`` and flags (TRL's ``TrlParser``)."""
-    from trl import SFTConfig
+    """``(SFTScriptArguments, SFTConfig)`` from ``--config YAML`` and flags (TRL's ``TrlParser``).
+
+    TRL's ``ModelConfig`` (LoRA: ``use_peft``, ``lora_r``, ``lora_alpha``, ``lora_dropout``,
+    ``lora_target_modules`` ...) is parsed too and attached as ``script_args.model_config``, which
+    :func:`run_sft` reads."""
+    from trl import ModelConfig, SFTConfig
 
     from masksearch.training.config import trl_parser
 
-    parser = trl_parser((SFTScriptArguments, SFTConfig))
-    script_args, sft_config = parser.parse_args_and_config(args=list(argv or []))
+    parser = trl_parser((SFTScriptArguments, SFTConfig, ModelConfig))
+    script_args, sft_config, model_args = parser.parse_args_and_config(args=list(argv or []))
+    script_args.model_config = model_args
     return script_args, sft_config
 
 
