@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+from masksearch.models.batching import eos_ids
 from masksearch.data.qa import QAExample, qa_from_record
 from masksearch.errors import MaskSearchError
 from masksearch.utils.aio import run_sync
@@ -109,14 +110,6 @@ def _default_chat_model(trainer: Any) -> Any:
     from masksearch.models.local import LocalChatModel
 
     return LocalChatModel.from_model(_unwrap(trainer), trainer.processing_class)
-
-
-def _eos_id(tokenizer: Any) -> int:
-    for name in ("eos_token_id", "pad_token_id"):
-        v = getattr(tokenizer, name, None)
-        if isinstance(v, int):
-            return v
-    return 0
 
 
 @dataclass
@@ -264,7 +257,7 @@ class StudentRollout:
 
     def to_trl(self, trajs: Sequence[Any], trainer: Any, prompts: Sequence[Any] | None = None) -> dict[str, list[Any]]:
         tok = getattr(trainer, "processing_class", None)
-        eos = _eos_id(tok)
+        eos = (eos_ids(tok) or [getattr(tok, "pad_token_id", None) or 0])[0]
         limit = self.max_completion(trainer)
         out: dict[str, list[Any]] = {k: [] for k in (
             "prompt_ids", "completion_ids", "logprobs", "env_mask", "question", "golden_answers", "answer_match",
