@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from masksearch.retrieval.kinds import INDEX_KINDS
+
 
 def _non_negative_int(s: str) -> int:
     try:
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "folder of .txt pages, or hf:NAME[:CONFIG][@SPLIT]), chunk long texts and write an "
                     "index folder atomically (a killed build leaves nothing that loads).")
     p.add_argument("--corpus", required=True, help="corpus path (or hf:NAME for a Hugging Face dataset)")
-    p.add_argument("--kind", default="bm25", choices=["bm25", "chroma"])
+    p.add_argument("--kind", default="bm25", choices=list(INDEX_KINDS))
     p.add_argument("--out", required=True, help="index folder to write (replaced if it holds an index)")
     p.add_argument("--format", default="auto", dest="fmt",
                    choices=["auto", "jsonl", "flashrag", "tsv", "wikiextractor", "textdir", "hf"])

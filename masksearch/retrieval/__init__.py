@@ -3,7 +3,8 @@ tool and the retrieval server.  Everything is a LangChain ``BaseRetriever`` with
 ``search_many(queries, k)``; documents are LangChain ``Document``s whose metadata carries
 ``id``, ``title`` and ``score``.
 
-Heavy modules (chroma, sentence-transformers, fastapi) load only when their names are used.
+Every name loads its module on first use, so importing the package (or its light `kinds`
+module, as the command line does) costs nothing.
 """
 
 from __future__ import annotations
@@ -11,19 +12,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from masksearch.retrieval.base import (IndexCorruptError, RemoteSearchError, SearchError,
-                                       SearchRetriever)
-from masksearch.retrieval.corpus import CorpusError, Passage, chunk_text, parent_id, read_corpus
-from masksearch.retrieval.factory import SPEC_FORMS, make_retriever
-from masksearch.retrieval.index import build_index
+from masksearch.retrieval.kinds import RETRIEVER_KINDS
 
 _LAZY = {
-    "BM25Retriever": "masksearch.retrieval.bm25",
-    "ChromaRetriever": "masksearch.retrieval.dense",
+    **{name: "masksearch.retrieval.base" for name in ("IndexCorruptError", "RemoteSearchError", "SearchError",
+                                                      "SearchRetriever")},
+    **{name: "masksearch.retrieval.corpus" for name in ("CorpusError", "Passage", "chunk_text", "parent_id",
+                                                        "read_corpus")},
+    "SPEC_FORMS": "masksearch.retrieval.factory",
+    "make_retriever": "masksearch.retrieval.factory",
+    "build_index": "masksearch.retrieval.index",
+    **{target.partition(":")[2]: target.partition(":")[0] for target in RETRIEVER_KINDS.values()},
     "MiniLMEmbeddings": "masksearch.retrieval.dense",
-    "HybridRetriever": "masksearch.retrieval.hybrid",
-    "DDGRetriever": "masksearch.retrieval.web",
-    "RemoteRetriever": "masksearch.retrieval.remote",
     "create_app": "masksearch.retrieval.server",
     "format_documents": "masksearch.retrieval.tool",
     "search_with_retry": "masksearch.retrieval.tool",
@@ -39,6 +39,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(mod), name)
 
 
-__all__ = ["Passage", "read_corpus", "chunk_text", "parent_id", "build_index", "make_retriever",
-           "SPEC_FORMS", "SearchRetriever", "SearchError", "RemoteSearchError", "IndexCorruptError",
-           "CorpusError", *_LAZY]
+__all__ = ["RETRIEVER_KINDS", *_LAZY]

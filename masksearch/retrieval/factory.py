@@ -10,6 +10,13 @@ from typing import Any
 from langchain_core.retrievers import BaseRetriever
 
 from masksearch.errors import UnknownSpecError
+from masksearch.retrieval.kinds import INDEX_KINDS, RETRIEVER_KINDS
+
+def retriever_class(kind: str) -> Any:
+    """The retriever class of a spec prefix, imported on first use."""
+    mod, _, cls = RETRIEVER_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(mod), cls)
+
 
 SPEC_FORMS = (
     "bm25:DIR (a tantivy BM25 index built by `masksearch index --kind bm25`)",
@@ -22,7 +29,7 @@ SPEC_FORMS = (
     "a BaseRetriever object",
 )
 
-_PREFIX = re.compile(r"\+(?=(?:bm25|chroma|ddg|hybrid|https?)(?::|$))")
+_PREFIX = re.compile(r"\+(?=(?:" + "|".join(map(re.escape, RETRIEVER_KINDS)) + r")(?::|$))")
 _MODULE_ATTR = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*:[A-Za-z_][\w.]*$")
 
 
@@ -64,31 +71,19 @@ def make_retriever(spec: Any, k: int = 5, *, search_cache: str | None = None, **
         if kw:  # constructor options go to the inner retriever, built now
             return wrap(make_retriever(inner, k=k, **kw), path, mode, spec=inner, k=k)
         return wrap(None, path, mode, spec=inner.strip(), k=k)
-    if kind == "bm25" and rest:
-        from masksearch.retrieval.bm25 import BM25Retriever
-
-        return BM25Retriever.load(os.path.expanduser(rest), k=k, **kw)
-    if kind == "chroma" and rest:
-        from masksearch.retrieval.dense import ChromaRetriever
-
-        return ChromaRetriever.load(os.path.expanduser(rest), k=k, **kw)
+    if kind in INDEX_KINDS and rest:  # an index folder
+        return retriever_class(kind).load(os.path.expanduser(rest), k=k, **kw)
     if kind == "hybrid" and rest:
-        from masksearch.retrieval.hybrid import HybridRetriever
-
         parts = [p for p in _PREFIX.split(rest) if p]
         if len(parts) < 2:
             raise unknown(spec, "hybrid needs at least two retrievers joined by '+'")
-        return HybridRetriever(retrievers=[make_retriever(p, k=k) for p in parts], k=k, **kw)
-    if spec == "ddg" or kind == "ddg":
-        from masksearch.retrieval.web import DDGRetriever
-
+        return retriever_class(kind)(retrievers=[make_retriever(p, k=k) for p in parts], k=k, **kw)
+    if kind == "ddg":
         if rest:
             kw.setdefault("base_url", rest.lstrip("@"))
-        return DDGRetriever(k=k, **kw)
+        return retriever_class(kind)(k=k, **kw)
     if kind in ("http", "https"):
-        from masksearch.retrieval.remote import RemoteRetriever
-
-        return RemoteRetriever(url=spec, k=k, **kw)
+        return retriever_class(kind)(url=spec, k=k, **kw)
     if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "manifest.json")):
         from masksearch.retrieval.base import read_manifest
 

@@ -13,9 +13,10 @@ from typing import Any, Iterable, Iterator
 from masksearch.errors import MaskSearchError
 from masksearch.retrieval.base import MANIFEST
 from masksearch.retrieval.corpus import Passage, count_lines, iter_passages
+from masksearch.retrieval.kinds import INDEX_KINDS
 from masksearch.utils.jsonl import ReadStats, in_shard, parse_shard
 
-KINDS = ("bm25", "chroma")
+KINDS = INDEX_KINDS  # the one list lives in the factory
 
 
 def _progress(it: Iterable[Passage], total: int | None, desc: str, enabled: bool) -> Iterator[Passage]:
