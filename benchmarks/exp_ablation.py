@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-n", type=int, default=60, help="size of the held-out HotpotQA split")
     ap.add_argument("--sft-step-seconds", type=float, default=45.0,
                     help="estimated seconds per SFT step (batch 4) to plan stage 1; later stages use the measured one")
+    ap.add_argument("--k", type=int, default=3, help="documents per search (every row, teachers, rollouts)")
+    ap.add_argument("--max-turns", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="per policy turn (greedy at evaluation)")
+    ap.add_argument("--info-max-tokens", type=int, default=192, help="budget of one <information> block")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--n-boot", type=int, default=10000)
     ap.add_argument("--report-only", action="store_true", help="rescore the stored predictions; run nothing")
@@ -89,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[ablation] eval dir {eval_dir}: {json.dumps(links)}", flush=True)
         run_ablation(args.out, args.budget_minutes, eval_dir=str(eval_dir), model=args.model,
                      eval_limit=args.limit, ramp_n=args.ramp_n, eval_n=args.eval_n,
-                     sft_step_seconds=args.sft_step_seconds, concurrency=args.concurrency)
+                     sft_step_seconds=args.sft_step_seconds, concurrency=args.concurrency, k=args.k,
+                     max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
+                     info_max_tokens=args.info_max_tokens)
     rep = ablation_report(args.out, n_boot=args.n_boot)
     for f in rep.get("files", []):
         print(f"[ablation] wrote {f}", flush=True)
