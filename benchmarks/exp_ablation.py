@@ -17,9 +17,10 @@ each adjacent-row difference on the same questions.
 ``2wikimultihopqa.*.jsonl``, ``musique.*.jsonl`` …), detected by prefix.  ``--make-eval-dir``
 writes DIR first: the fixed held-out HotpotQA split (60 questions, never trained on) and links to
 the shared files of the other five.  ``--budget-minutes M`` sizes the training (see
-``masksearch.pipelines.ablation.plan_budget``): RAMP SFT 40 % of M as a time cap, then each of the
-two downstream SFTs the same ``floor(0.2·M·60 / s)`` steps, ``s`` being stage 1's measured seconds
-per step, and GRPO ``floor(0.2·M·60 / 2.5s)`` steps.  Kill it any time: a rerun with the same flags
+``masksearch.pipelines.ablation.plan_budget``) in steps at a reference speed ``s`` (35 s per SFT
+step of 4 rows, the quiet 2-core CPU of docs/training.md): RAMP SFT ``floor(0.4·M·60 / s)`` steps,
+each of the two downstream SFTs the same ``floor(0.2·M·60 / s)`` steps, GRPO
+``floor(0.2·M·60 / 2.5s)`` steps.  A busy machine takes longer; the steps stay the same.  Kill it any time: a rerun with the same flags
 resumes (finished stages skipped, evaluations resume per question).  Last line: one JSON object.
 """
 
@@ -62,14 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-dir", default=None, help="folder of benchmark question files (by prefix)")
     ap.add_argument("--make-eval-dir", action="store_true",
                     help="write --eval-dir first from our held-out HotpotQA split + the shared files")
-    ap.add_argument("--budget-minutes", type=float, default=30.0, help="training minutes (all stages)")
+    ap.add_argument("--budget-minutes", type=float, default=24.0,
+                    help="training minutes (all stages) at the reference speed --sft-step-seconds")
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--limit", type=int, default=20, help="questions per benchmark (at most 50)")
     ap.add_argument("--model", default="smollm2", help="the student (same for every row)")
     ap.add_argument("--ramp-n", type=int, default=300, help="RAMP questions for stage 1")
     ap.add_argument("--eval-n", type=int, default=60, help="size of the held-out HotpotQA split")
-    ap.add_argument("--sft-step-seconds", type=float, default=45.0,
-                    help="estimated seconds per SFT step (batch 4) to plan stage 1; later stages use the measured one")
+    ap.add_argument("--sft-step-seconds", type=float, default=35.0,
+                    help="reference seconds per SFT step of 4 rows that turns --budget-minutes into steps")
     ap.add_argument("--k", type=int, default=3, help="documents per search (every row, teachers, rollouts)")
     ap.add_argument("--max-turns", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per policy turn (greedy at evaluation)")

@@ -142,3 +142,18 @@ def test_ablation_report_rescores_and_pairs(tmp_path):
     assert set(rep["metrics"]) == {"em", "f1"} and rep["metrics"]["em"]["rows"]["rag-pe"]["hotpotqa"] == pytest.approx(33.33)
     assert (tmp_path / "report" / "chart.png").exists() and "Token recall" in (tmp_path / "report" / "table.md").read_text()
     assert "capital" in (tmp_path / "report" / "samples.md").read_text()
+
+
+def test_budget_plan_gives_both_downstream_rows_the_same_steps():
+    from masksearch.pipelines.ablation import ablation_config, plan_budget
+
+    plan = plan_budget(20, 35.0)
+    # 40 % / 20 % / 20 % of 1200 s at 35 s a step; GRPO steps cost 2.5 SFT steps
+    assert (plan["ramp_sft_steps"], plan["downstream_sft_steps"], plan["grpo_steps"]) == (13, 6, 2)
+    cfg = ablation_config("runs/x", 20)
+    ds = {s.name: s for s in cfg.stages}
+    assert ds["downstream-sft"].max_steps == ds["ramp-downstream-sft"].max_steps == 6
+    assert ds["downstream-sft"].init == "base" and ds["ramp-downstream-sft"].init == "ramp-sft"
+    assert ds["ramp-downstream-grpo"].init == "ramp-downstream-sft"
+    assert [e.name for e in cfg.evals] == ["agent-pe", "rag-pe", "downstream-sft", "ramp+downstream-sft",
+                                           "ramp+downstream-sft+grpo"]

@@ -5,8 +5,8 @@ retrieval + one answer call), ``downstream-sft`` (SFT on downstream trajectories
 model), ``ramp+downstream-sft`` (RAMP SFT, then the *same* downstream SFT: same rows, same steps)
 and ``ramp+downstream-sft+grpo`` (GRPO on downstream questions from that checkpoint).
 
-:func:`ablation_config` turns a training budget in minutes into a :class:`PipelineConfig` (see
-:func:`plan_budget` for how), :func:`run_ablation` runs it resumably, and :func:`ablation_report`
+:func:`ablation_config` turns a training budget in minutes (at a reference speed) into a
+:class:`PipelineConfig` with step counts (see :func:`plan_budget`), :func:`run_ablation` runs it resumably, and :func:`ablation_report`
 scores the stored predictions **at report time** through :func:`masksearch.eval.metrics.score`
 (rescoring after a metric change is one call, no rerun), pairs every two adjacent rows on the same
 questions and puts a paired-bootstrap 95 % interval on each difference.
@@ -39,40 +39,40 @@ ROW_SOURCES = {
 
 # budget shares of the training minutes (see plan_budget)
 SHARE_RAMP, SHARE_DOWNSTREAM_EACH, SHARE_GRPO = 0.4, 0.2, 0.2
-GRPO_STEP_OVER_SFT_STEP = 2.5  # docs/training.md: GRPO step ~82 s (2 prompts x 4) vs SFT step 31-37 s
+# docs/training.md, quiet 2-core CPU: an SFT step of 4 rows (~750 tokens) takes 31-37 s; a GRPO step
+# of 2 questions x 4 rollouts ~82 s, i.e. ~2.5 SFT steps
+REFERENCE_SFT_STEP_SECONDS = 35.0
+GRPO_STEP_OVER_SFT_STEP = 2.5
 
 
-def plan_budget(budget_minutes: float, sft_step_seconds: float, measured_step_seconds: float | None = None,
-                ) -> dict[str, Any]:
-    """Training steps from a budget.  Of ``M`` minutes, RAMP SFT gets 40 % as a time cap with
-    ``floor(0.4·M·60 / s)`` planned steps (``s`` = ``sft_step_seconds``, an estimate); once it has
-    run, its measured seconds per step ``s1`` sizes the rest: each of the two downstream SFT rows
-    gets the **same** ``floor(0.2·M·60 / s1)`` steps (equal downstream budget), and GRPO
-    ``floor(0.2·M·60 / (2.5·s1))`` steps (a GRPO step of 2 questions x 4 rollouts costs ~2.5 SFT
-    steps, docs/training.md)."""
+def plan_budget(budget_minutes: float, sft_step_seconds: float = REFERENCE_SFT_STEP_SECONDS) -> dict[str, Any]:
+    """Training steps from a budget of ``M`` minutes *at the reference speed* ``s`` (seconds per SFT
+    step of 4 rows; default: the quiet 2-core CPU figure of docs/training.md).  RAMP SFT gets 40 %:
+    ``floor(0.4·M·60 / s)`` steps; each of the two downstream SFT rows gets the **same**
+    ``floor(0.2·M·60 / s)`` steps (equal downstream budget); GRPO gets ``floor(0.2·M·60 / 2.5s)``
+    steps.  Steps, not wall seconds, so that the plan (and the result) does not depend on how busy
+    the machine is; on a busy machine the wall time is longer."""
     t = budget_minutes * 60.0
-    s1 = measured_step_seconds or sft_step_seconds
+    s = float(sft_step_seconds)
     return {
         "budget_minutes": budget_minutes,
-        "ramp_sft_steps": max(4, math.floor(SHARE_RAMP * t / sft_step_seconds)),
-        "ramp_sft_max_seconds": round(SHARE_RAMP * t, 1),
-        "step_seconds_estimate": sft_step_seconds,
-        "step_seconds_measured": measured_step_seconds,
-        "downstream_sft_steps": max(4, math.floor(SHARE_DOWNSTREAM_EACH * t / s1)),
-        "grpo_steps": max(2, math.floor(SHARE_GRPO * t / (GRPO_STEP_OVER_SFT_STEP * s1))),
+        "reference_sft_step_seconds": s,
+        "ramp_sft_steps": max(2, math.floor(SHARE_RAMP * t / s)),
+        "downstream_sft_steps": max(2, math.floor(SHARE_DOWNSTREAM_EACH * t / s)),
+        "grpo_steps": max(1, math.floor(SHARE_GRPO * t / (GRPO_STEP_OVER_SFT_STEP * s))),
     }
 
 
 def ablation_config(out: str, budget_minutes: float, *, eval_dir: str | None = None, model: str = "smollm2",
-                    eval_limit: int = 20, ramp_n: int = 300, eval_n: int = 60, sft_step_seconds: float = 45.0,
+                    eval_limit: int = 20, ramp_n: int = 300, eval_n: int = 60,
+                    sft_step_seconds: float = REFERENCE_SFT_STEP_SECONDS,
                     batch_size: int = 4, learning_rate: float = 1e-4, grpo_learning_rate: float = 1e-5,
                     max_length: int = 768, concurrency: int = 16, plan: dict[str, Any] | None = None,
                     **shared: Any) -> PipelineConfig:
     """The ablation's pipeline recipe for a budget (``plan`` overrides the step counts)."""
     plan = plan or plan_budget(budget_minutes, sft_step_seconds)
     stages = [
-        StageConfig("ramp-sft", "sft", "base", "ramp", plan["ramp_sft_steps"], learning_rate, batch_size, max_length,
-                    max_train_seconds=plan["ramp_sft_max_seconds"]),
+        StageConfig("ramp-sft", "sft", "base", "ramp", plan["ramp_sft_steps"], learning_rate, batch_size, max_length),
         StageConfig("ramp-downstream-sft", "sft", "ramp-sft", "downstream", plan["downstream_sft_steps"],
                     learning_rate, batch_size, max_length),
         StageConfig("downstream-sft", "sft", "base", "downstream", plan["downstream_sft_steps"],
@@ -85,27 +85,33 @@ def ablation_config(out: str, budget_minutes: float, *, eval_dir: str | None = N
                           eval_n=eval_n, concurrency=concurrency, stages=stages, evals=evals, **shared)
 
 
-def run_ablation(out: str, budget_minutes: float, *, rows: Sequence[str] = ROWS, **kw: Any) -> dict[str, Any]:
+# the order rows are run in: the comparison the method is about first, so a partial run has it
+RUN_ORDER = ("downstream-sft", "ramp+downstream-sft", "agent-pe", "rag-pe", "ramp+downstream-sft+grpo")
+
+
+def run_ablation(out: str, budget_minutes: float, *, rows: Sequence[str] = RUN_ORDER, **kw: Any) -> dict[str, Any]:
     """Run (or resume) the data, the four training stages and the five evaluated rows.
 
-    The plan (step counts) is written to ``OUT/plan.json`` once stage 1 has been measured and
-    reused on every rerun, so a resumed run trains exactly what the first one planned."""
+    Pass 1 trains each row's stages and evaluates it on the in-domain benchmark only; pass 2 adds
+    the other benchmarks (evaluations resume per question, so nothing is run twice).  The plan
+    (step counts) is written to ``OUT/plan.json`` on the first run and reused on every rerun, so a
+    resumed run trains exactly what the first one planned."""
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     plan_path = root / PLAN_FILE
-    plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
-    t0 = time.perf_counter()
-    if plan is None:
-        first = plan_budget(budget_minutes, kw.get("sft_step_seconds", 45.0))
-        pipe = Pipeline(ablation_config(out, budget_minutes, plan=first, **kw))
-        rep = pipe.run_stage("ramp-sft")
-        steps = max(1, int(rep.get("steps") or 1))
-        train_s = float((rep.get("report") or {}).get("seconds") or rep["seconds"])
-        plan = plan_budget(budget_minutes, kw.get("sft_step_seconds", 45.0), measured_step_seconds=train_s / steps)
-        plan["ramp_sft_steps_run"] = steps
+    if plan_path.exists():
+        plan = json.loads(plan_path.read_text())
+    else:
+        plan = plan_budget(budget_minutes, kw.get("sft_step_seconds", REFERENCE_SFT_STEP_SECONDS))
         plan_path.write_text(json.dumps(plan, indent=2))
+    t0 = time.perf_counter()
     pipe = Pipeline(ablation_config(out, budget_minutes, plan=plan, **kw))
     pipe.state["plan"] = plan
+    from masksearch.data.benchmarks import benchmark_name
+
+    in_domain = benchmark_name(pipe.cfg.downstream_pool)
+    for row in rows:
+        pipe.run_eval_row(row, benchmarks=[in_domain])
     for row in rows:
         pipe.run_eval_row(row)
     pipe.state["ablation_seconds_this_run"] = round(time.perf_counter() - t0, 1)

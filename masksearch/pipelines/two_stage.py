@@ -376,7 +376,9 @@ class Pipeline:
                 files[b] = self.split()["heldout"] if b == pool else str(benchmark_path(b))
         return {b: files[b] for b in self.cfg.eval_benchmarks if b in files}
 
-    def run_eval_row(self, name: str) -> dict[str, Any]:
+    def run_eval_row(self, name: str, benchmarks: Sequence[str] | None = None) -> dict[str, Any]:
+        """Evaluate one row (resumable per question); ``benchmarks`` limits this pass to some
+        columns (the row is marked done only after a pass over all of them)."""
         from masksearch.eval.runner import run_eval
 
         ev = next((e for e in self.cfg.evals if e.name == name), None)
@@ -392,6 +394,9 @@ class Pipeline:
             self.run_stage(ev.model)
             model = f"hf:{self.checkpoint(ev.model)}"
         files = self.eval_files()
+        partial = benchmarks is not None and set(files) - set(benchmarks)
+        if benchmarks is not None:
+            files = {b: f for b, f in files.items() if b in benchmarks}
         _log(f"eval {name}: {ev.method} with {model} on {', '.join(files)} (<= {self.cfg.eval_limit} q each)")
         t0 = time.perf_counter()
         res = run_eval(ev.method, model, self.retriever_spec(), data=list(files.values()), limit=self.cfg.eval_limit,
@@ -401,7 +406,7 @@ class Pipeline:
         failed = sum((b.get("failed") or 0) for b in res.get("benchmarks", {}).values())
         info = {"name": name, "method": ev.method, "model": model, "files": files, "out": str(out),
                 "seconds": round(time.perf_counter() - t0, 1), "failed": failed}
-        if not failed:  # a rerun retries failed questions
+        if not failed and not partial:  # a rerun retries failed questions
             (out / EVAL_DONE).write_text(json.dumps(info, indent=2))
         self._record("evals", name, info)
         gc.collect()
@@ -446,7 +451,7 @@ def sft_stage(stage: StageConfig, init_spec: str, rows: list[dict[str, Any]], ou
             "--per_device_train_batch_size", str(stage.batch_size), "--learning_rate", str(stage.learning_rate),
             "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
             "--max_length", str(stage.max_length), "--seed", str(seed),
-            "--lr_scheduler_type", "cosine", "--warmup_steps", str(min(2, stage.max_steps // 5)),
+            "--lr_scheduler_type", "cosine", "--warmup_steps", str(min(2, stage.max_steps // 10)),
             "--curriculum", "mask_count" if stage.data == "ramp" else "none"]
     if stage.max_train_seconds:
         argv += ["--max_train_seconds", str(stage.max_train_seconds)]
