@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--n-boot", type=int, default=10000)
     ap.add_argument("--report-only", action="store_true", help="rescore the stored predictions; run nothing")
+    ap.add_argument("--rows", default="", help="comma-separated rows to run (default: all); a second process "
+                    "on the same --out can take some rows (stages and rows are locked)")
     args = ap.parse_args(argv)
     if not 1 <= args.limit <= 50:
         ap.error("--limit must be in 1..50")
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                      eval_limit=args.limit, ramp_n=args.ramp_n, eval_n=args.eval_n,
                      sft_step_seconds=args.sft_step_seconds, concurrency=args.concurrency, k=args.k,
                      max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
-                     info_max_tokens=args.info_max_tokens)
+                     info_max_tokens=args.info_max_tokens,
+                     **({"rows": [r.strip() for r in args.rows.split(",") if r.strip()]} if args.rows else {}))
     rep = ablation_report(args.out, n_boot=args.n_boot)
     for f in rep.get("files", []):
         print(f"[ablation] wrote {f}", flush=True)

@@ -157,3 +157,26 @@ def test_budget_plan_gives_both_downstream_rows_the_same_steps():
     assert ds["ramp-downstream-grpo"].init == "ramp-downstream-sft"
     assert [e.name for e in cfg.evals] == ["agent-pe", "rag-pe", "downstream-sft", "ramp+downstream-sft",
                                            "ramp+downstream-sft+grpo"]
+
+
+def test_stage_lock_is_exclusive_and_taken_over_from_a_dead_owner(tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    from masksearch.pipelines.two_stage import _Lock
+
+    lock = tmp_path / "locks" / "stage-x.lock"
+    order = []
+    with _Lock(lock, poll=0.05):
+        t = threading.Thread(target=lambda: (_Lock(lock, poll=0.05).__enter__(), order.append("second")))
+        t.start()
+        t.join(0.3)
+        order.append("first-released")
+    t.join(5)
+    assert order == ["first-released", "second"]  # the second waited for the first
+    lock.unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())  # a lock left by a process that is gone
+    with _Lock(lock, poll=0.05):
+        assert lock.read_text() == str(__import__("os").getpid())

@@ -87,6 +87,7 @@ def ablation_config(out: str, budget_minutes: float, *, eval_dir: str | None = N
 
 # the order rows are run in: the comparison the method is about first, so a partial run has it
 RUN_ORDER = ("downstream-sft", "ramp+downstream-sft", "agent-pe", "rag-pe", "ramp+downstream-sft+grpo")
+# (several processes may share one run folder: stages and rows are locked, see two_stage._Lock)
 
 
 def run_ablation(out: str, budget_minutes: float, *, rows: Sequence[str] = RUN_ORDER, **kw: Any) -> dict[str, Any]:
@@ -96,6 +97,11 @@ def run_ablation(out: str, budget_minutes: float, *, rows: Sequence[str] = RUN_O
     the other benchmarks (evaluations resume per question, so nothing is run twice).  The plan
     (step counts) is written to ``OUT/plan.json`` on the first run and reused on every rerun, so a
     resumed run trains exactly what the first one planned."""
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        from masksearch.pipelines.two_stage import PipelineError
+
+        raise PipelineError(f"unknown ablation row(s) {unknown}: use {', '.join(ROWS)}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     plan_path = root / PLAN_FILE
@@ -230,14 +236,7 @@ def ablation_report(root: str | os.PathLike, out: str | os.PathLike | None = Non
         "n_boot": n_boot,
         "scored_with": "masksearch.eval.metrics.score (at report time, from stored predictions)",
     }
-    state_file = Path(root) / "pipeline.json"
-    if state_file.exists():
-        st = json.loads(state_file.read_text())
-        result["wall_seconds"] = {"data": {k: v.get("seconds") for k, v in (st.get("data") or {}).items()
-                                           if isinstance(v, dict) and "seconds" in v},
-                                  "stages": {k: v.get("seconds") for k, v in (st.get("stages") or {}).items()},
-                                  "steps": {k: v.get("steps") for k, v in (st.get("stages") or {}).items()},
-                                  "evals": {k: v.get("seconds") for k, v in (st.get("evals") or {}).items()}}
+    result["wall_seconds"] = wall_times(root)
     plan_file = Path(root) / PLAN_FILE
     if plan_file.exists():
         result["plan"] = json.loads(plan_file.read_text())
@@ -245,6 +244,23 @@ def ablation_report(root: str | os.PathLike, out: str | os.PathLike | None = Non
     files.append(str(out / "ablation.json"))
     result["files"] = files
     return result
+
+
+def wall_times(root: str | os.PathLike) -> dict[str, Any]:
+    """Wall seconds of each data step, training stage (with its steps) and evaluated row, read
+    from the files each one writes (``done.json``, ``stage.json``, ``results.json``)."""
+    root = Path(root)
+    out: dict[str, Any] = {"data": {}, "stages": {}, "steps": {}, "evals": {}}
+    for f in sorted(root.glob("data/*/done.json")):
+        out["data"][f.parent.name] = json.loads(f.read_text()).get("seconds")
+    for f in sorted(root.glob("stages/*/stage.json")):
+        rep = json.loads(f.read_text())
+        out["stages"][f.parent.name] = rep.get("seconds")
+        out["steps"][f.parent.name] = rep.get("steps")
+    for f in sorted(root.glob("eval/*/results.json")):
+        res = json.loads(f.read_text())
+        out["evals"][f.parent.name] = res.get("wall_s_total") or res.get("wall_s")
+    return out
 
 
 def _diff_pct(bs: dict[str, Any]) -> dict[str, Any]:

@@ -172,6 +172,36 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> PipelineConfig:
     return config_from_dict(d)
 
 
+class _Lock:
+    """An exclusive lock file (``O_EXCL``) holding the owner's pid: two processes working on one run
+    folder never train or evaluate the same thing at once; a lock whose owner died is taken over."""
+
+    def __init__(self, path: Path, poll: float = 20.0):
+        self.path, self.poll = path, poll
+
+    def __enter__(self) -> "_Lock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return self
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text() or "0")
+                    os.kill(pid, 0)
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    self.path.unlink(missing_ok=True)  # the owner is gone
+                    continue
+                except PermissionError:
+                    pass
+                time.sleep(self.poll)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- the runner
 class Pipeline:
     """Runs (or resumes) the steps of a :class:`PipelineConfig`; see the module docstring."""
@@ -188,7 +218,16 @@ class Pipeline:
 
     # --- bookkeeping
     def _save(self) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
+        if self.state_path.exists():  # another process may share the run folder: keep its records
+            try:
+                disk = json.loads(self.state_path.read_text())
+            except ValueError:
+                disk = {}
+            for section in ("data", "stages", "evals"):
+                merged = dict(disk.get(section) or {})
+                merged.update(self.state.get(section) or {})
+                self.state[section] = merged
+        tmp = self.state_path.with_suffix(f".tmp-{os.getpid()}")
         tmp.write_text(json.dumps(self.state, indent=2, default=str))
         os.replace(tmp, self.state_path)
 
@@ -294,6 +333,13 @@ class Pipeline:
         return f"hf:{p}", str(p)
 
     def run_stage(self, name: str) -> dict[str, Any]:
+        self.cfg.stage(name)
+        if self.stage_done(name):
+            return self._run_stage(name)
+        with _Lock(self.path("locks", f"stage-{name}.lock")):
+            return self._run_stage(name)
+
+    def _run_stage(self, name: str) -> dict[str, Any]:
         stage = self.cfg.stage(name)
         out = self.checkpoint(name)
         if self.stage_done(name):
@@ -379,6 +425,15 @@ class Pipeline:
     def run_eval_row(self, name: str, benchmarks: Sequence[str] | None = None) -> dict[str, Any]:
         """Evaluate one row (resumable per question); ``benchmarks`` limits this pass to some
         columns (the row is marked done only after a pass over all of them)."""
+        if (self.path("eval", name) / EVAL_DONE).exists():
+            return self._run_eval_row(name, benchmarks)
+        ev = next((e for e in self.cfg.evals if e.name == name), None)
+        if ev is not None and ev.model != "base":
+            self.run_stage(ev.model)  # outside the eval lock: a stage may wait on another process
+        with _Lock(self.path("locks", f"eval-{name}.lock")):
+            return self._run_eval_row(name, benchmarks)
+
+    def _run_eval_row(self, name: str, benchmarks: Sequence[str] | None = None) -> dict[str, Any]:
         from masksearch.eval.runner import run_eval
 
         ev = next((e for e in self.cfg.evals if e.name == name), None)
