@@ -10,9 +10,12 @@ own JSONL outputs):
    ``teacher_model``) runs on a few examples too, so the report shows both teachers and their
    acceptance rates, and its accepted trajectories join the SFT data;
 4. ``sft``     – TRL ``SFTTrainer`` on the accepted trajectories (a few steps);
-5. ``eval``    – the trained student vs the untrained student (Agent-PE) vs RAG-PE on small slices
-   of the six shared benchmarks and on the held-out RAMP set;
-6. ``report``  – ``REPORT.md`` with the table, the loss curve, the chart and sample trajectories.
+5. ``downstream`` – stage 2 of the paper's recipe: the multi-hop provenance teacher on HotpotQA
+   training questions (the fixed held-out split is never trained on), then SFT on those
+   trajectories starting from the stage-1 checkpoint (``masksearch.pipelines.two_stage``);
+6. ``eval``    – both students vs the untrained student (Agent-PE) vs RAG-PE on small slices of the
+   shared benchmarks (HotpotQA: the held-out split) and on the held-out RAMP set;
+7. ``report``  – ``REPORT.md`` with the table, the loss curve, the chart and sample trajectories.
 
 Everything is a function argument (and a ``masksearch quickstart`` flag).
 """
@@ -28,7 +31,7 @@ from typing import Any, Callable
 
 from masksearch.errors import MaskSearchError
 
-STAGES = ("index", "ramp", "teacher", "sft", "eval", "report")
+STAGES = ("index", "ramp", "teacher", "sft", "downstream", "eval", "report")
 DEFAULT_BENCHMARKS = ("hotpotqa", "fanoutqa", "musique", "2wiki", "bamboogle", "freshqa")
 
 
@@ -45,6 +48,8 @@ class QuickstartConfig:
     sft_steps: int = 12  # CPU SFT of the 135M model runs ~1k tokens/s: a few steps only
     sft_batch_size: int = 2
     learning_rate: float = 1e-4
+    downstream_steps: int = 8  # stage 2: SFT on HotpotQA trajectories from the stage-1 checkpoint
+    downstream_eval_n: int = 60  # the fixed held-out HotpotQA split (never trained on)
     eval_limit: int = 3
     benchmarks: tuple[str, ...] = DEFAULT_BENCHMARKS
     k: int = 3
@@ -116,6 +121,9 @@ def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dic
         "cot_provenance": root / "teacher" / "provenance",
         "cot_llm": root / "teacher" / "llm",
         "sft": root / "sft",
+        "split": root / "downstream" / "split",
+        "cot_downstream": root / "downstream" / "teacher",
+        "sft2": root / "downstream" / "sft",
         "eval": root / "eval",
         "report": root / "report",
     }
@@ -188,21 +196,45 @@ def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dic
         rep = run_sft(script_args, sft_config)
         return {k: v for k, v in rep.items() if k != "loss_history"}
 
-    # 5. eval ----------------------------------------------------------------------------
+    # 5. downstream (stage 2) ------------------------------------------------------------
+    def do_downstream() -> dict[str, Any]:
+        from masksearch.data.benchmarks import split_pool
+        from masksearch.pipelines.two_stage import StageConfig, build_downstream, downstream_rows, sft_stage
+        from masksearch.utils.jsonl import iter_jsonl
+
+        split = split_pool("hotpotqa", cfg.downstream_eval_n, paths["split"])
+        held = {str(r["id"]) for r in iter_jsonl(split["heldout"])}
+        data = build_downstream(split["train"], paths["cot_downstream"], held, retriever=retriever_spec,
+                                k=cfg.k, info_max_tokens=cfg.info_max_tokens)
+        rows = downstream_rows(paths["cot_downstream"] / "trajectories.jsonl", held, seed=cfg.seed)
+        stage = StageConfig("downstream-sft", "sft", "sft", "downstream", cfg.downstream_steps, cfg.learning_rate,
+                            cfg.sft_batch_size, 1024)
+        rep = sft_stage(stage, f"hf:{paths['sft']}", rows, paths["sft2"], seed=cfg.seed)
+        return {"split": split, "teacher": data["teacher"], "init": str(paths["sft"]),
+                **{k: v for k, v in rep.items() if k != "loss_history"}}
+
+    # 6. eval ----------------------------------------------------------------------------
     def do_eval() -> dict[str, Any]:
         from masksearch.eval.runner import run_eval
 
-        ckpt = f"hf:{paths['sft']}"
+        ckpt, ckpt2 = f"hf:{paths['sft']}", f"hf:{paths['sft2']}"
         runs = [
             ("rag-pe", cfg.model, "RAG-PE (untrained)"),
             ("agent", cfg.model, "Agent-PE (untrained student)"),
             ("agent", ckpt, "MaskSearch student (SFT, quickstart)"),
+            ("agent", ckpt2, "MaskSearch student (RAMP SFT -> downstream SFT)"),
         ]
+        tags = {cfg.model: "base", ckpt: "sft", ckpt2: "sft2"}
+        # in-domain HotpotQA is the held-out split (the downstream stage trained on the rest)
+        in_domain = str(paths["split"] / "hotpotqa.heldout.jsonl")
+        benches = [b for b in cfg.benchmarks if b != "hotpotqa"]
         out: dict[str, Any] = {}
         for i, (method, model, label) in enumerate(runs):
-            d = paths["eval"] / f"{i}-{method}-{'sft' if model == ckpt else 'base'}"
-            res = run_eval(method, model, retriever_spec, benchmarks=list(cfg.benchmarks),
-                           data=[str(paths["ramp_heldout"])], limit=cfg.eval_limit,
+            if model == ckpt2 and not (paths["sft2"] / "config.json").exists():
+                continue
+            d = paths["eval"] / f"{i}-{method}-{tags[model]}"
+            res = run_eval(method, model, retriever_spec, benchmarks=benches,
+                           data=[str(paths["ramp_heldout"]), in_domain], limit=cfg.eval_limit,
                            concurrency=cfg.concurrency, out_dir=str(d), k=cfg.k,
                            max_turns=cfg.max_turns, label=label, max_new_tokens=cfg.max_new_tokens,
                            info_max_tokens=cfg.info_max_tokens)
@@ -210,7 +242,7 @@ def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dic
             _log(f"eval {label}: {json.dumps(_headline(res))}")
         return {"runs": out}
 
-    # 6. report --------------------------------------------------------------------------
+    # 7. report --------------------------------------------------------------------------
     def do_report() -> dict[str, Any]:
         return write_report(root, paths, stages.state, cfg)
 
@@ -218,6 +250,7 @@ def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dic
     stage("ramp", do_ramp)
     stage("teacher", do_teacher)
     stage("sft", do_sft)
+    stage("downstream", do_downstream)
     stage("eval", do_eval)
     stages.forget("report")  # always rewritten: cheap, and reflects the latest stages
     stage("report", do_report)
@@ -298,6 +331,14 @@ def write_report(root: Path, paths: dict[str, Path], state: dict[str, Any], cfg:
             if isinstance(s, dict):
                 lines.append(f"| {name} | {s.get('trajectories', '')} | {s.get('accepted', '')} | "
                              f"{s.get('acceptance_rate', '')} |")
+    ds = state.get("downstream", {})
+    if ds:
+        t = ds.get("teacher") or {}
+        lines += ["", "## Downstream stage (stage 2)", "",
+                  f"Multi-hop provenance teacher on {t.get('trajectories')} HotpotQA training questions "
+                  f"(the {ds.get('split', {}).get('n_heldout')} held-out ones excluded): {t.get('accepted')} accepted, "
+                  f"rejected by reason {t.get('rejected_by_grounding_reason')}. SFT from the stage-1 checkpoint: "
+                  f"{ds.get('steps')} steps on {ds.get('rows')} rows; loss {ds.get('loss_first')} -> {ds.get('loss_last')}."]
     sft = state.get("sft", {})
     if sft:
         lines += ["", "## SFT", "",
@@ -313,14 +354,16 @@ def write_report(root: Path, paths: dict[str, Path], state: dict[str, Any], cfg:
         result["table"] = rep.get("markdown")
         lines += ["", "## Results (token recall, the paper's metric)", "",
                   f"{cfg.eval_limit} questions per benchmark: a smoke test of the pipeline, not a measurement.", "",
-                  rep["markdown"], "", "Held-out RAMP questions (token recall over the masked spans):", ""]
+                  rep["markdown"], "", "Held-out RAMP and in-domain (held-out HotpotQA split) side by side, "
+                  "token recall (%):", "", "| Method | held-out RAMP | HotpotQA (in-domain, held out) |",
+                  "|---|---:|---:|"]
         for label, d in ev["runs"].items():
             try:
                 res = json.loads((Path(d) / "results.json").read_text())
-                held = res["benchmarks"]["heldout"]["metrics"]["token_recall"]
-                lines.append(f"- {label}: {100 * held:.1f}")
-            except (OSError, KeyError, ValueError):
+            except (OSError, ValueError):
                 continue
+            vals = [(res.get("benchmarks", {}).get(b) or {}).get("metrics", {}).get("token_recall") for b in ("heldout", "hotpotqa")]
+            lines.append(f"| {label} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in vals) + " |")
         lines.append("")
         chart = paths["report"] / "chart.png"
         if chart.exists():

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "masksearch.cli.train",      # train sft|grpo, distill
     "masksearch.cli.eval",       # eval, report
     "masksearch.cli.quickstart", # quickstart
+    "masksearch.cli.pipeline",   # pipeline
 ]
 
 

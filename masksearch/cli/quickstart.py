@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sft-steps", type=int, default=d.sft_steps)
     p.add_argument("--sft-batch-size", type=int, default=d.sft_batch_size)
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--downstream-steps", type=int, default=d.downstream_steps,
+                   help="stage-2 SFT steps on HotpotQA trajectories, from the stage-1 checkpoint")
+    p.add_argument("--downstream-eval-n", type=int, default=d.downstream_eval_n,
+                   help="size of the held-out HotpotQA split (never trained on)")
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="questions per benchmark")
     p.add_argument("--benchmarks", default=",".join(DEFAULT_BENCHMARKS))
     p.add_argument("--k", type=int, default=d.k)
@@ -44,6 +48,7 @@ def _run(args: argparse.Namespace) -> int:
                            ramp_heldout=args.ramp_heldout, max_masks=args.max_masks,
                            llm_teacher_examples=args.llm_teacher_examples, sft_steps=args.sft_steps,
                            sft_batch_size=args.sft_batch_size, learning_rate=args.learning_rate,
+                           downstream_steps=args.downstream_steps, downstream_eval_n=args.downstream_eval_n,
                            eval_limit=args.eval_limit, benchmarks=split(args.benchmarks), k=args.k,
                            max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
                            info_max_tokens=args.info_max_tokens, concurrency=args.concurrency, seed=args.seed,

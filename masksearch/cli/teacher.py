@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", default="smollm2",
                    help="a model spec for every role (smollm2 | llamacpp:qwen2.5-coder-1.5b | hf:PATH | openai:NAME | dashscope:NAME | "
                         "vllm:NAME@URL), a role mapping 'planner=SPEC,observer=SPEC,default=SPEC', or "
-                        "'provenance' (no LLM; RAMP files only)")
+                        "'provenance' (no LLM; RAMP files only), or 'multihop-provenance' (no LLM; "
+                        "QA files with supporting_passage_ids, e.g. HotpotQA)")
     p.add_argument("--retriever", required=True, help="retriever spec, e.g. bm25:INDEX_DIR")
     add_search_cache_args(p)
     p.add_argument("--concurrency", type=int, default=8, help="runs in flight (a local model batches their calls)")

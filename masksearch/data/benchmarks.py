@@ -220,3 +220,82 @@ def load_benchmark(name_or_path: str | os.PathLike, limit: int | None = None,
         if limit is not None and len(out) >= limit:
             break
     return out
+
+
+# ------------------------------------------------------------------ fixed evaluation splits
+EVAL_SPLIT_SALT = "masksearch-eval-v1"
+
+
+def split_key(example_id: str, salt: str = EVAL_SPLIT_SALT) -> str:
+    """The hash that orders a question for the evaluation split (sha256 of ``salt:id``)."""
+    import hashlib
+
+    return hashlib.sha256(f"{salt}:{example_id}".encode("utf-8")).hexdigest()
+
+
+def eval_split_ids(ids: "list[str] | Any", n: int, salt: str = EVAL_SPLIT_SALT) -> set[str]:
+    """The fixed evaluation split of a question pool: the ``n`` ids with the smallest
+    :func:`split_key`.  It depends only on the ids, ``n`` and ``salt`` (not on the file order), and
+    a larger ``n`` contains every smaller split."""
+    uniq = sorted({str(i) for i in ids}, key=lambda i: split_key(i, salt))
+    if n < 0:
+        raise BenchmarkError(f"eval split size must be >= 0, got {n}")
+    return set(uniq[:n])
+
+
+class EvalLeakError(BenchmarkError):
+    """Questions of the held-out evaluation split were about to be trained on."""
+
+
+def check_no_eval_ids(ids: Any, eval_ids: set[str], what: str = "training data") -> None:
+    """Refuse (``EvalLeakError``) when any of ``ids`` belongs to the evaluation split."""
+    leak = sorted({str(i) for i in ids} & set(eval_ids))
+    if leak:
+        raise EvalLeakError(f"{what} holds {len(leak)} question(s) of the held-out evaluation split "
+                            f"(e.g. {leak[0]!r}); they must never be trained on")
+
+
+def split_pool(pool: str | os.PathLike, n_eval: int, out_dir: str | os.PathLike, salt: str = EVAL_SPLIT_SALT,
+               name: str | None = None) -> dict[str, Any]:
+    """Write ``<name>.heldout.jsonl`` (the fixed evaluation split) and ``<name>.train.jsonl`` (the
+    rest, the downstream training pool) of a shared-format question file; records are copied as
+    they are.  Returns ``{heldout, train, n_heldout, n_train, salt, skipped}``."""
+    from masksearch.utils.jsonl import write_jsonl
+
+    path = benchmark_path(pool)
+    name = name or benchmark_name(pool)
+    stats = ReadStats()
+    recs = [r for r in iter_jsonl(path, stats=stats) if isinstance(r, dict) and r.get("id")]
+    held = eval_split_ids([r["id"] for r in recs], n_eval, salt)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    held_path, train_path = out / f"{name}.heldout.jsonl", out / f"{name}.train.jsonl"
+    write_jsonl(held_path, [r for r in recs if str(r["id"]) in held])
+    write_jsonl(train_path, [r for r in recs if str(r["id"]) not in held])
+    return {"heldout": str(held_path), "train": str(train_path), "n_heldout": len(held),
+            "n_train": len(recs) - sum(1 for r in recs if str(r["id"]) in held), "salt": salt,
+            "source": str(path), "skipped": dict(stats.skipped)}
+
+
+def discover_eval_files(eval_dir: str | os.PathLike) -> dict[str, str]:
+    """Benchmark short name -> file for a folder of question files named as in
+    ``../shared/data/bench`` (``hotpotqa.*.jsonl``, ``2wikimultihopqa.*.jsonl``, ``musique.*.jsonl``
+    …): the benchmark is the file-name prefix before the first dot.  Files of other prefixes
+    (e.g. ``musique_qaonly``) are ignored; two files for one benchmark is an error."""
+    d = Path(eval_dir)
+    if not d.is_dir():
+        raise BenchmarkError(f"eval dir not found: {d}")
+    out: dict[str, str] = {}
+    for p in sorted(d.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() not in (".jsonl", ".json", ".csv"):
+            continue
+        stem = p.name.split(".")[0].lower()
+        name = ALIASES.get(stem, stem)
+        if name not in BENCHMARKS:
+            continue
+        if name in out:
+            raise BenchmarkError(f"eval dir {d}: two files for {name}: {Path(out[name]).name} and {p.name}")
+        out[name] = str(p)
+    if not out:
+        raise BenchmarkError(f"eval dir {d} holds no benchmark file (expected names like hotpotqa.dev.jsonl)")
+    return out

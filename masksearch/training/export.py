@@ -236,10 +236,13 @@ def build_cot_method(teacher: Any, retriever: Any, *, k: int = 5, max_docs: int 
 
         retriever_name = retriever_name or retriever
         retriever = make_retriever(retriever, k=k)
-    if isinstance(teacher, str) and teacher == "provenance":
+    from masksearch.training.provenance import PROVENANCE_TEACHERS
+
+    if isinstance(teacher, str) and teacher in PROVENANCE_TEACHERS:
         from masksearch.training.provenance import ProvenanceMethod
 
-        return ProvenanceMethod(retriever, k=k, info_max_tokens=info_max_tokens, retriever_name=retriever_name)
+        return ProvenanceMethod(retriever, k=k, info_max_tokens=info_max_tokens, retriever_name=retriever_name,
+                                teacher=teacher)
     from masksearch.graphs.teacher import TeacherContext, build_teacher_graph
 
     if isinstance(teacher, TeacherContext):
@@ -284,7 +287,9 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     filt = AcceptFilter.parse(accept)
-    is_prov = isinstance(teacher, str) and teacher == "provenance"
+    from masksearch.training.provenance import PROVENANCE_TEACHERS
+
+    is_prov = isinstance(teacher, str) and teacher in PROVENANCE_TEACHERS
     # a spec is kept as its name in the provenance
     retriever_name = retriever if isinstance(retriever, str) else None
     opts = dict(k=k, max_docs=max_docs, max_turns=max_turns, info_max_tokens=info_max_tokens, llm_judge=llm_judge,
@@ -294,7 +299,7 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
     if distributed:
         from masksearch.graphs.teacher import TeacherContext
 
-        teacher_name = "provenance" if is_prov else TeacherContext(models=teacher).teacher_name()
+        teacher_name = teacher if is_prov else TeacherContext(models=teacher).teacher_name()
         spec = WorkerSpec("masksearch.training.export:build_cot_method",
                           dict(teacher=teacher, retriever=retriever, **opts))
         make_ex = lambda: make_executor(executor, spec, concurrency=concurrency, address=ray_address,  # noqa: E731

@@ -12,6 +12,12 @@ The run is **accepted only when the retrieved information contains every answer 
 answer the student learns is grounded in what the student is shown; otherwise it is rejected and
 counted (verdict ``grounded``).  ``Provenance.teacher == "provenance"`` on every trajectory; the
 export is the same as for the LLM teacher graph.
+
+The **multi-hop provenance teacher** (:func:`run_multihop_provenance`, teacher name
+``multihop-provenance``) does the same for downstream multi-hop QA (HotpotQA-style records with
+``supporting_passage_ids``/``supporting_titles``): one real search per hop, the bridge entity named
+in the thoughts, the gold answer, accepted only when every supporting passage and the answer were
+shown to the student.
 """
 
 from __future__ import annotations
@@ -117,16 +123,157 @@ class ProvenanceMethod:
     name = PROVENANCE_TEACHER
 
     def __init__(self, retriever: Any, *, k: int = 5, info_max_tokens: int = 512, max_searches: int = 3,
-                 retriever_name: str | None = None):
+                 retriever_name: str | None = None, teacher: str = PROVENANCE_TEACHER):
         self.retriever, self.k, self.info_max_tokens = retriever, k, info_max_tokens
         self.max_searches, self.retriever_name = max_searches, retriever_name
+        if teacher not in PROVENANCE_TEACHERS:
+            raise ValueError(f"unknown provenance teacher {teacher!r}: use {', '.join(PROVENANCE_TEACHERS)}")
+        self.teacher = self.name = teacher
 
     def teacher_name(self) -> str:
-        return PROVENANCE_TEACHER
+        return self.teacher
 
     async def __call__(self, example: Any) -> Trajectory:
         import asyncio
 
+        if self.teacher == MULTIHOP_TEACHER:
+            return await asyncio.to_thread(run_multihop_provenance, example, self.retriever, k=self.k,
+                                           info_max_tokens=self.info_max_tokens, max_hops=self.max_searches,
+                                           retriever_name=self.retriever_name)
         return await asyncio.to_thread(run_provenance, example, self.retriever, k=self.k,
                                        info_max_tokens=self.info_max_tokens, max_searches=self.max_searches,
                                        retriever_name=self.retriever_name)
+
+
+# ----------------------------------------------------------------------------- multi-hop QA
+MULTIHOP_TEACHER = "multihop-provenance"
+
+# reasons a multi-hop provenance run is rejected (``verdicts.grounded.reason``)
+REJECT_NO_SUPPORT = "no_supporting_facts"  # the record names no supporting passages
+REJECT_SUPPORT = "support_not_shown"       # a supporting passage never reached the <information>
+REJECT_ANSWER = "answer_not_shown"         # the gold answer is not in what the student was shown
+REJECT_SEARCH = "search_error"             # a search failed
+
+_HOP1_THOUGHTS = (
+    "This question needs more than one fact. I will search for the question first.",
+    "To answer this I need to find the passages it depends on. Let me search for the question.",
+    "I should look up the entities in the question step by step, starting with the question itself.",
+)
+_HOP_FOUND = ("The passage \"{found}\" mentions {bridge}, the entity that links the facts. "
+              "Next I will search for {bridge}.")
+_HOP_NEED = "I still need the facts about {bridge}. I will search for {bridge}."
+_MULTIHOP_FINAL = "{sources}: together they give the answer, {answer}."
+
+
+def _doc_shown(doc: Document, information: str) -> bool:
+    """Whether ``doc`` made it into the ``<information>`` block (the formatter drops documents past
+    the token budget)."""
+    return f"(Title: {doc.title})" in information
+
+
+def supporting_facts(example: Any) -> tuple[list[str], list[str]]:
+    """``(supporting_passage_ids, supporting_titles)`` of a HotpotQA-style record (shared format)."""
+    meta = example.metadata
+    ids = [str(x) for x in (meta.get("supporting_passage_ids") or [])]
+    titles = [str(x) for x in (meta.get("supporting_titles") or [])]
+    return ids, titles
+
+
+def run_multihop_provenance(example: Any, retriever: Any, *, k: int = 5, info_max_tokens: int = 512,
+                            max_hops: int = 3, retriever_name: str | None = None) -> Trajectory:
+    """One LLM-free multi-hop trajectory for a question that names its supporting passages.
+
+    Hop 1 searches for the question.  Each later hop searches for the title of a supporting passage
+    not yet shown (the bridge entity), and its thought names that entity.  The answer is the gold.
+    The run is **accepted only when every supporting passage and the answer are in what the student
+    was shown** (the ``<information>`` blocks); otherwise ``verdicts.grounded`` says why
+    (``reason``: one of :data:`REJECT_NO_SUPPORT`, :data:`REJECT_SUPPORT`, :data:`REJECT_ANSWER`,
+    :data:`REJECT_SEARCH`).
+    """
+    from masksearch.retrieval.corpus import parent_id
+
+    t0 = time.perf_counter()
+    ex = _as_example(example)
+    golds = [str(a) for a in ex.golden_answers]
+    sup_ids, sup_titles = supporting_facts(ex)
+    title_of = dict(zip(sup_ids, sup_titles))
+    steps: list[Step] = []
+    shown: dict[str, str] = {}  # supporting passage id -> the title it was shown under
+    info_all = ""
+    errors: list[str] = []
+
+    def search(query: str, thought: str) -> None:
+        nonlocal info_all
+        try:
+            docs = [Document.from_langchain(d) for d in _retrieve(retriever, query, k)]
+            error = None
+        except Exception as e:  # noqa: BLE001 - recorded, the run is then rejected
+            docs, error = [], f"search failed for {query!r}: {type(e).__name__}: {e}"
+            errors.append(error)
+        info = format_information([vars(d) for d in docs], info_max_tokens, error)
+        steps.append(Step(thought=thought, queries=[query], documents=docs, error=error, information=info))
+        info_all += "\n" + info
+        for d in docs:
+            pid = parent_id(d.id)
+            if pid in title_of and pid not in shown and _doc_shown(d, info):
+                shown[pid] = d.title
+
+    if sup_ids and ex.question:
+        search(sentence_query(ex.question, max_words=60),
+               _HOP1_THOUGHTS[_seed(ex.id) % len(_HOP1_THOUGHTS)])
+        while len(steps) < max_hops:
+            todo = [pid for pid in sup_ids if pid not in shown]
+            if not todo:
+                break
+            bridge = title_of[todo[0]]
+            found = next(iter(shown.values()), None)
+            if found and contains_span(info_all, bridge):
+                thought = _HOP_FOUND.format(found=found, bridge=bridge)
+            else:
+                thought = _HOP_NEED.format(bridge=bridge)
+            search(bridge, thought)
+    missing_passages = [pid for pid in sup_ids if pid not in shown]
+    answer_shown = next((g for g in golds if contains_span(info_all, g)), None)
+    if not sup_ids:
+        reason = REJECT_NO_SUPPORT
+    elif errors:
+        reason = REJECT_SEARCH
+    elif missing_passages:
+        reason = REJECT_SUPPORT
+    elif answer_shown is None:
+        reason = REJECT_ANSWER
+    else:
+        reason = ""
+    answer = answer_shown or (golds[0] if golds else "")
+    sources = " and ".join(f"\"{shown.get(pid, title_of[pid])}\"" for pid in sup_ids) or "The passages"
+    final = _MULTIHOP_FINAL.format(sources=sources, answer=answer)
+    grounded = {"ok": not reason, "reason": reason or "accepted", "missing": [] if answer_shown else golds,
+                "missing_passages": missing_passages}
+    traj = Trajectory(
+        id=ex.id, question=ex.question, golden_answers=golds, steps=steps, answer=answer, final_thought=final,
+        status="answered" if steps else "error",
+        reason="" if steps else "the record names no supporting passages",
+        verdicts={"string": string_verdict(answer, golds, ex.answer_match), "grounded": grounded},
+        provenance=Provenance(graph=MULTIHOP_TEACHER, teacher=MULTIHOP_TEACHER, models={},
+                              retriever=retriever_name or describe_retriever(retriever), example_id=ex.id,
+                              source=ex.source or "qa"),
+        metadata={"answer_match": ex.answer_match, "turns": len(steps), "supporting_titles": sup_titles,
+                  "bridge_queries": [s.queries[0] for s in steps[1:]]},
+    )
+    traj.metadata["seconds"] = round(time.perf_counter() - t0, 4)
+    return traj
+
+
+PROVENANCE_TEACHERS = {PROVENANCE_TEACHER: run_provenance, MULTIHOP_TEACHER: run_multihop_provenance}
+
+
+def reject_reasons(trajs: Any) -> dict[str, int]:
+    """Rejected runs of the provenance teachers counted by ``verdicts.grounded.reason``."""
+    from collections import Counter
+
+    c: Counter = Counter()
+    for t in trajs:
+        g = t.verdicts.get("grounded") or {}
+        if not g.get("ok", True):
+            c[g.get("reason") or ("answer_not_shown" if g.get("missing") else "ungrounded")] += 1
+    return dict(c)

@@ -1,0 +1,1 @@
+"""Orchestration above training and eval: multi-stage recipes (``masksearch pipeline``)."""
