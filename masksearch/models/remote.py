@@ -11,6 +11,7 @@ URL and the cause: refused ("cannot reach"), timed out, rate-limited, HTTP statu
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Iterator, AsyncIterator
 from urllib.parse import urlparse
@@ -168,49 +169,41 @@ class OpenAICompatibleChatModel(ChatOpenAI):
             return _malformed_error(self._endpoint, f"{type(e).__name__}: {e}")
         return e
 
-    def _generate(self, *args: Any, **kwargs: Any):
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Every failure inside becomes one clear, scrubbed masksearch error (see ``_translate``)."""
         try:
-            return _safe_result(super()._generate(*args, **kwargs), self._endpoint)
+            yield
         except Exception as e:  # noqa: BLE001
             t = self._translate(e)
             if t is e:
                 raise
             raise t from None
+
+    @staticmethod
+    def _safe_chunk(chunk: Any) -> Any:
+        msg = getattr(chunk, "message", None)
+        if msg is not None and isinstance(msg.content, str):
+            msg.content = safe_text(msg.content)
+        return chunk
+
+    def _generate(self, *args: Any, **kwargs: Any):
+        with self._errors():
+            return _safe_result(super()._generate(*args, **kwargs), self._endpoint)
 
     async def _agenerate(self, *args: Any, **kwargs: Any):
-        try:
+        with self._errors():
             return _safe_result(await super()._agenerate(*args, **kwargs), self._endpoint)
-        except Exception as e:  # noqa: BLE001
-            t = self._translate(e)
-            if t is e:
-                raise
-            raise t from None
 
     def _stream(self, *args: Any, **kwargs: Any) -> Iterator:
-        try:
+        with self._errors():
             for chunk in super()._stream(*args, **kwargs):
-                msg = getattr(chunk, "message", None)
-                if msg is not None and isinstance(msg.content, str):
-                    msg.content = safe_text(msg.content)
-                yield chunk
-        except Exception as e:  # noqa: BLE001
-            t = self._translate(e)
-            if t is e:
-                raise
-            raise t from None
+                yield self._safe_chunk(chunk)
 
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator:
-        try:
+        with self._errors():
             async for chunk in super()._astream(*args, **kwargs):
-                msg = getattr(chunk, "message", None)
-                if msg is not None and isinstance(msg.content, str):
-                    msg.content = safe_text(msg.content)
-                yield chunk
-        except Exception as e:  # noqa: BLE001
-            t = self._translate(e)
-            if t is e:
-                raise
-            raise t from None
+                yield self._safe_chunk(chunk)
 
 
 def split_model_url(rest: str) -> tuple[str, str | None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from masksearch.protocol import NO_RESULTS, format_documents
 from masksearch.retrieval.base import SearchError
@@ -41,6 +41,31 @@ def _queries(queries: str | Sequence[str]) -> list[str]:
     return [str(q) for q in qs]
 
 
+async def _with_retries(attempt: Callable[[], Awaitable[Any]], pause: Callable[[float], Awaitable[Any]],
+                        retries: int, backoff: float) -> Any:
+    """The one retry decision: ``retries + 1`` attempts, exponential backoff between them, then a
+    :class:`SearchError` naming the last cause."""
+    last: BaseException | None = None
+    for n in range(retries + 1):
+        try:
+            return await attempt()
+        except Exception as e:  # noqa: BLE001 - every failure becomes a readable SearchError
+            last = e
+            if n < retries:
+                await pause(backoff * (2 ** n))
+    raise SearchError(f"search failed after {retries + 1} attempts: {_describe(last)}") from last
+
+
+def _drive(coro: Any) -> Any:
+    """Run a coroutine that never suspends (its awaits are plain calls) to its result."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("a synchronous search suspended")  # pragma: no cover - a bug, not input
+
+
 def search_with_retry(retriever: Any, queries: str | Sequence[str], k: int = 3, retries: int = 2,
                       backoff: float = 0.5) -> list[list[Any]]:
     """``retriever.search_many(queries, k)`` (or ``invoke`` per query for a plain LangChain
@@ -50,15 +75,14 @@ def search_with_retry(retriever: Any, queries: str | Sequence[str], k: int = 3, 
     qs = _queries(queries)
     if not qs:
         return []
-    last: BaseException | None = None
-    for attempt in range(retries + 1):
-        try:
-            return _run(retriever, qs, k)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a readable SearchError
-            last = e
-            if attempt < retries:
-                time.sleep(backoff * (2 ** attempt))
-    raise SearchError(f"search failed after {retries + 1} attempts: {_describe(last)}") from last
+
+    async def attempt() -> list[list[Any]]:
+        return _run(retriever, qs, k)
+
+    async def pause(seconds: float) -> None:
+        time.sleep(seconds)
+
+    return _drive(_with_retries(attempt, pause, retries, backoff))
 
 
 async def asearch_with_retry(retriever: Any, queries: str | Sequence[str], k: int = 3,
@@ -67,15 +91,7 @@ async def asearch_with_retry(retriever: Any, queries: str | Sequence[str], k: in
     qs = _queries(queries)
     if not qs:
         return []
-    last: BaseException | None = None
-    for attempt in range(retries + 1):
-        try:
-            return await _arun(retriever, qs, k)
-        except Exception as e:  # noqa: BLE001
-            last = e
-            if attempt < retries:
-                await asyncio.sleep(backoff * (2 ** attempt))
-    raise SearchError(f"search failed after {retries + 1} attempts: {_describe(last)}") from last
+    return await _with_retries(lambda: _arun(retriever, qs, k), asyncio.sleep, retries, backoff)
 
 
 def make_search_tool(retriever: Any, k: int = 3, max_tokens: int = 512, retries: int = 2,

@@ -385,16 +385,7 @@ def vllm_token_model_factory(trainer: Any) -> VLLMTokenModel:
     return VLLMTokenModel(client, trainer.processing_class)
 
 
-def make_rollout_func(
-    retriever: Any = None,
-    settings: RolloutSettings | None = None,
-    *,
-    examples: Iterable[Any] | None = None,
-    context_factory: Callable[[Any, Any], Any] | None = None,
-    chat_model_factory: Callable[[Any], Any] | None = None,
-    on_rollouts: Callable[[list[Any]], None] | None = None,
-    dynamic_sampling: Any = None,
-) -> StudentRollout:
+def make_rollout_func(retriever: Any = None, settings: RolloutSettings | None = None, **options: Any) -> StudentRollout:
     """A TRL ``rollout_func`` that runs the student graph for each prompt.
 
     ``retriever``: a ``BaseRetriever`` or a spec (``"bm25:DIR"``).  ``examples``: QA examples or
@@ -405,5 +396,4 @@ def make_rollout_func(
     sampling included.  ``dynamic_sampling``: a
     :class:`~masksearch.training.dynamic_sampling.DynamicSampling` (DAPO's dynamic sampling).
     """
-    return StudentRollout(retriever, settings, examples, context_factory, chat_model_factory, on_rollouts,
-                          dynamic_sampling)
+    return StudentRollout(retriever, settings, **options)

@@ -313,6 +313,20 @@ async def run_jobs(items: Iterable[Any], executor: Any, *, on_result: Callable[[
     rep = JobReport()
     t0 = time.perf_counter()
     seen: set[str] = set()
+
+    def triage(it: Any) -> str:
+        """``dup`` (an id seen before), ``done`` (already written) or ``todo``; counted."""
+        k = key(it)
+        if k in seen:
+            rep.duplicates += 1
+            return "dup"
+        seen.add(k)
+        rep.requested += 1
+        if k in done:
+            rep.resumed += 1
+            return "done"
+        return "todo"
+
     src = iter(items)
     bar = None
     # unordered: resolve the skips first, so the bar starts at what is done
@@ -320,18 +334,12 @@ async def run_jobs(items: Iterable[Any], executor: Any, *, on_result: Callable[[
         todo = []
         initial = 0
         for it in src:
-            k = key(it)
-            if k in seen:
-                rep.duplicates += 1
-                continue
-            seen.add(k)
-            rep.requested += 1
-            if k in done:
-                rep.resumed += 1
+            state = triage(it)
+            if state == "done":
                 u = on_skip(it) if on_skip else None
                 initial += 1 if u is None else u
-                continue
-            todo.append(it)
+            elif state == "todo":
+                todo.append(it)
         src = iter(todo)
         if progress is not None:
             bar = _make_bar({"total": rep.requested, **progress}, initial)
@@ -376,14 +384,10 @@ async def run_jobs(items: Iterable[Any], executor: Any, *, on_result: Callable[[
                     exhausted = True
                     break
                 if ordered:
-                    k = key(it)
-                    if k in seen:
-                        rep.duplicates += 1
+                    state = triage(it)
+                    if state == "dup":
                         continue
-                    seen.add(k)
-                    rep.requested += 1
-                    if k in done:
-                        rep.resumed += 1
+                    if state == "done":
                         entries.append([it, None, 0])
                         continue
                 e = [it, _UNSUBMITTED, len(batch)]
