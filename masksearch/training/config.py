@@ -87,13 +87,19 @@ def _has_gpu() -> bool:
 
 def trl_parser(dataclass_types: tuple) -> Any:
     """TRL's ``TrlParser`` over our dataclasses + TRL's config, with CPU-safe defaults without a
-    GPU (TRL defaults to bf16 and gradient checkpointing; bf16 refuses to start on a CPU).  A YAML
-    file or a flag that sets them still wins."""
+    GPU (TRL defaults to bf16 and gradient checkpointing; bf16 refuses to start on a CPU).  Under
+    ``accelerate launch`` with several processes and no GPU, ``use_cpu`` defaults to true: only then
+    does accelerate join the processes (``MULTI_CPU``, gloo); without it each would train alone.  A
+    YAML file or a flag that sets them still wins."""
+    import os
+
     from trl import TrlParser
 
     parser = TrlParser(dataclass_types)
     if not _has_gpu():
         parser.set_defaults(bf16=False, gradient_checkpointing=False)
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            parser.set_defaults(use_cpu=True)
     return parser
 
 

@@ -51,7 +51,7 @@ __all__ = [
     "DynamicSampling", "GRPOScriptArguments", "RolloutRecord", "RolloutSettings", "StudentGRPOTrainer",
     "StudentRollout", "VLLMTokenModel", "build_dataset", "curves_callback", "example_row", "main",
     "make_rollout_func", "parse_args", "plot_curves", "prompt_text", "prompts_per_step", "resolve_model_path",
-    "rollout_metrics", "run_grpo", "vllm_token_model_factory",
+    "rollout_metrics", "rollouts_file", "run_grpo", "vllm_token_model_factory",
 ]
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,16 @@ def _rollout_saver(path: Path) -> Callable[[list[Any]], None]:
     return save
 
 
+def rollouts_file(args: Any) -> str:
+    """Where this process saves its rollouts: ``rollouts.jsonl``; under ``accelerate launch`` with
+    several processes each writes its own slice, ``rollouts.rank{N}.jsonl``."""
+    world = int(getattr(args, "world_size", 1) or 1)
+    return "rollouts.jsonl" if world <= 1 else f"rollouts.rank{int(args.process_index)}.jsonl"
+
+
 def _make_rollout(script: GRPOScriptArguments, training_args: Any, retriever: Any, examples: Sequence[QAExample],
-                  funcs: Sequence[Any], weights: Sequence[float], out_dir: Path) -> StudentRollout:
+                  funcs: Sequence[Any], weights: Sequence[float], out_dir: Path,
+                  rollouts_name: str = "rollouts.jsonl") -> StudentRollout:
     dynamic = None
     if script.dynamic_sampling:
         dynamic = DynamicSampling(score=weighted_reward_fn(funcs, weights), max_resample_rounds=script.max_resample_rounds,
@@ -201,7 +209,7 @@ def _make_rollout(script: GRPOScriptArguments, training_args: Any, retriever: An
         RolloutSettings(k=script.k, max_turns=script.max_turns, max_new_tokens=script.max_new_tokens,
                         info_max_tokens=script.info_max_tokens),
         examples=examples,
-        on_rollouts=_rollout_saver(out_dir / "rollouts.jsonl") if script.save_rollouts else None,
+        on_rollouts=_rollout_saver(out_dir / rollouts_name) if script.save_rollouts else None,
         chat_model_factory=vllm_token_model_factory if script.rollout_backend == "vllm" else None,
         dynamic_sampling=dynamic,
     )
@@ -210,6 +218,11 @@ def _make_rollout(script: GRPOScriptArguments, training_args: Any, retriever: An
 def _summary(trainer: Any, curves: Any, rollout: StudentRollout, training_args: Any, out_dir: Path,
              train_s: float) -> dict[str, Any]:
     rewards = [r["reward"] for r in curves.rows if "reward" in r]
+    rollouts = sum(h.rollouts for h in rollout.history)
+    if int(getattr(training_args, "world_size", 1) or 1) > 1:  # every process's rollouts, not this one's
+        from accelerate.utils import gather_object
+
+        rollouts = sum(gather_object([rollouts]))
     return {
         "output_dir": str(out_dir),
         "log": str(curves.path),
@@ -219,7 +232,8 @@ def _summary(trainer: Any, curves: Any, rollout: StudentRollout, training_args: 
         "last_reward": rewards[-1] if rewards else None,
         "train_seconds": round(train_s, 2),
         "rollout_seconds": round(sum(h.seconds for h in rollout.history), 2),
-        "rollouts": sum(h.rollouts for h in rollout.history),
+        "rollouts": rollouts,
+        "world_size": int(getattr(training_args, "world_size", 1) or 1),
         "loss_type": training_args.loss_type,
         "beta": training_args.beta,
         "trainer": trainer,  # for callers that want to keep going; dropped by main()
@@ -263,7 +277,8 @@ def run_grpo(
     training_args.reward_weights = weights
     out_dir = Path(training_args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rollout = _make_rollout(script, training_args, retriever, examples, funcs, weights, out_dir)
+    rollout = _make_rollout(script, training_args, retriever, examples, funcs, weights, out_dir,
+                            rollouts_file(training_args))
     curves = curves_callback(str(out_dir))
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     trainer = student_grpo_trainer_class()(
@@ -275,8 +290,9 @@ def run_grpo(
     with fast_lm_head(script.fast_lm_head):
         trainer.train()
     train_s = time.perf_counter() - t0
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    trainer.save_model(str(out_dir))  # writes on the main process only
+    if training_args.should_save:
+        tokenizer.save_pretrained(str(out_dir))
     return _summary(trainer, curves, rollout, training_args, out_dir, train_s)
 
 
@@ -295,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     script, training_args, model_args = parse_args(argv)
     summary = run_grpo(script, training_args, model_args)
     summary.pop("trainer", None)
-    print(json.dumps(summary))
+    if training_args.should_save:  # one summary line under `accelerate launch`, from the main process
+        print(json.dumps(summary))
     return 0
 
 

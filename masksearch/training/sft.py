@@ -291,6 +291,8 @@ def build_sft_trainer(script_args: SFTScriptArguments, sft_config: Any, rows: Se
 
 
 def _save(trainer: Any, out: Path, merge: bool) -> None:
+    if not trainer.args.should_save:  # under `accelerate launch`, the main process writes
+        return
     out.mkdir(parents=True, exist_ok=True)
     final = trainer.model
     if merge and hasattr(final, "merge_and_unload"):
@@ -304,7 +306,7 @@ def _report(script_args: SFTScriptArguments, trainer: Any, result: Any, rows: Se
     history = _loss_history(trainer.state.log_history)
     teachers = Counter(r.get("teacher", "unknown") for r in rows)
     plot_path = None
-    if script_args.plot and history:
+    if script_args.plot and history and trainer.args.should_save:
         from masksearch.training.plots import plot_loss
 
         plot_path = str(plot_loss(history, out / LOSS_PLOT,
@@ -321,6 +323,7 @@ def _report(script_args: SFTScriptArguments, trainer: Any, result: Any, rows: Se
         "curriculum": script_args.curriculum,
         "lora": hasattr(trainer.model, "merge_and_unload"),  # a peft model
         "steps": int(trainer.state.global_step),
+        "world_size": int(trainer.args.world_size),  # processes under `accelerate launch`
         "train_loss": round(float(result.training_loss), 4),
         "loss_first": history[0][1] if history else None,
         "loss_last": history[-1][1] if history else None,
@@ -354,8 +357,9 @@ def run_sft(script_args: SFTScriptArguments, sft_config: Any, rows: list[dict[st
     out = Path(sft_config.output_dir)
     _save(trainer, out, merge=script_args.merge_lora)
     report = _report(script_args, trainer, result, rows, stats, out, title, time.perf_counter() - t0)
-    with open(out / REPORT_FILE, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    if trainer.args.should_save:
+        with open(out / REPORT_FILE, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
     return report
 
 
@@ -378,6 +382,8 @@ def parse_sft_args(argv: Sequence[str] | None = None):
 def main(argv: Sequence[str] | None = None) -> int:
     script_args, sft_config = parse_sft_args(argv)
     report = run_sft(script_args, sft_config)
+    if not sft_config.should_save:  # several processes: the main one reports
+        return 0
     summary = {k: v for k, v in report.items() if k != "loss_history"}
     print(json.dumps(summary, indent=2))
     print(f"checkpoint: {report['output_dir']}  (load it with make_chat_model('hf:{report['output_dir']}'))")
