@@ -113,8 +113,33 @@ def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dic
     stages = _Stages(root)
     for name in cfg.force:
         stages.forget(name)
-    corpus = _resolve_corpus(cfg.corpus)
-    paths = {
+    run = _Run(cfg, root, _resolve_corpus(cfg.corpus), _run_paths(root), stages)
+    t_all = time.perf_counter()
+    for name, fn in _STAGE_STEPS:
+        if name == "report":
+            stages.forget("report")  # always rewritten: cheap, and reflects the latest stages
+        _run_stage(run, name, fn)
+    _log(f"all stages done in {time.perf_counter() - t_all:.0f} s; report: {root / 'REPORT.md'}")
+    return stages.state
+
+
+@dataclass
+class _Run:
+    """One quickstart run: its config, folder, corpus, output paths and stage record."""
+
+    cfg: QuickstartConfig
+    root: Path
+    corpus: str
+    paths: dict[str, Path]
+    stages: _Stages
+
+    @property
+    def retriever_spec(self) -> str:
+        return f"bm25:{self.paths['index']}"
+
+
+def _run_paths(root: Path) -> dict[str, Path]:
+    return {
         "index": root / "index" / "bm25",
         "ramp_train": root / "ramp" / "train.jsonl",
         "ramp_heldout": root / "ramp" / "heldout.jsonl",
@@ -127,135 +152,142 @@ def run_quickstart(cfg: QuickstartConfig | None = None, **overrides: Any) -> dic
         "eval": root / "eval",
         "report": root / "report",
     }
-    retriever_spec = f"bm25:{paths['index']}"
-    t_all = time.perf_counter()
 
-    def stage(name: str, fn: Callable[[], dict[str, Any]]) -> None:
-        if name not in cfg.stages:
-            return
-        if stages.done(name):
-            _log(f"{name}: done already (skipped; --force {name} redoes it)")
-            return
-        _log(f"{name}: starting")
-        t0 = time.perf_counter()
-        info = fn() or {}
-        info["seconds"] = round(time.perf_counter() - t0, 1)
-        stages.finish(name, info)
-        _log(f"{name}: finished in {info['seconds']} s")
 
-    # 1. index ---------------------------------------------------------------------------
-    def do_index() -> dict[str, Any]:
-        from masksearch.retrieval import build_index
+def _run_stage(run: _Run, name: str, fn: Callable[[_Run], dict[str, Any]]) -> None:
+    """Run one stage unless it is not asked for or finished already; record its outputs and time."""
+    if name not in run.cfg.stages:
+        return
+    if run.stages.done(name):
+        _log(f"{name}: done already (skipped; --force {name} redoes it)")
+        return
+    _log(f"{name}: starting")
+    t0 = time.perf_counter()
+    info = fn(run) or {}
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    run.stages.finish(name, info)
+    _log(f"{name}: finished in {info['seconds']} s")
 
-        build_index(corpus, kind="bm25", out=str(paths["index"]))
-        return {"corpus": corpus, "index": str(paths["index"])}
 
-    # 2. RAMP ----------------------------------------------------------------------------
-    def do_ramp() -> dict[str, Any]:
-        from masksearch.data.ramp import generate_ramp
+# 1. index ---------------------------------------------------------------------------
+def _do_index(run: _Run) -> dict[str, Any]:
+    from masksearch.retrieval import build_index
 
-        train = generate_ramp(corpus, paths["ramp_train"], n=cfg.ramp_train, strategy="rules",
-                              max_masks=cfg.max_masks, seed=cfg.seed)
-        held = generate_ramp(corpus, paths["ramp_heldout"], n=cfg.ramp_heldout, strategy="rules",
-                             max_masks=cfg.max_masks, seed=cfg.seed + 1000)
-        # a held-out example must not share a passage with the training set
-        _drop_overlap(paths["ramp_train"], paths["ramp_heldout"])
-        return {"train": _slim(train), "heldout": _slim(held)}
+    build_index(run.corpus, kind="bm25", out=str(run.paths["index"]))
+    return {"corpus": run.corpus, "index": str(run.paths["index"])}
 
-    # 3. teachers ------------------------------------------------------------------------
-    def do_teacher() -> dict[str, Any]:
-        from masksearch.training.export import run_cot
 
-        prov = run_cot(paths["ramp_train"], paths["cot_provenance"], teacher="provenance",
-                       retriever=retriever_spec, concurrency=4, k=cfg.k,
+# 2. RAMP ----------------------------------------------------------------------------
+def _do_ramp(run: _Run) -> dict[str, Any]:
+    from masksearch.data.ramp import generate_ramp
+
+    cfg, paths = run.cfg, run.paths
+    train = generate_ramp(run.corpus, paths["ramp_train"], n=cfg.ramp_train, strategy="rules",
+                          max_masks=cfg.max_masks, seed=cfg.seed)
+    held = generate_ramp(run.corpus, paths["ramp_heldout"], n=cfg.ramp_heldout, strategy="rules",
+                         max_masks=cfg.max_masks, seed=cfg.seed + 1000)
+    # a held-out example must not share a passage with the training set
+    _drop_overlap(paths["ramp_train"], paths["ramp_heldout"])
+    return {"train": _slim(train), "heldout": _slim(held)}
+
+
+# 3. teachers ------------------------------------------------------------------------
+def _do_teacher(run: _Run) -> dict[str, Any]:
+    from masksearch.training.export import run_cot
+
+    cfg, paths = run.cfg, run.paths
+    prov = run_cot(paths["ramp_train"], paths["cot_provenance"], teacher="provenance",
+                   retriever=run.retriever_spec, concurrency=4, k=cfg.k,
+                   info_max_tokens=cfg.info_max_tokens)
+    n_llm = max(1, cfg.llm_teacher_examples)
+    opts: dict[str, Any] = {"max_new_tokens": 256}
+    if str(cfg.teacher_model).startswith("llamacpp:"):
+        opts["n_parallel"] = n_llm  # one llama.cpp slot per run in flight
+    llm = run_cot(paths["ramp_train"], paths["cot_llm"], teacher=cfg.teacher_model, retriever=run.retriever_spec,
+                  concurrency=n_llm, limit=cfg.llm_teacher_examples,
+                  k=cfg.k, max_turns=cfg.max_turns, info_max_tokens=cfg.info_max_tokens,
+                  model_options=opts)
+    return {"provenance": _slim(prov), "llm": _slim(llm)}
+
+
+# 4. SFT -----------------------------------------------------------------------------
+def _do_sft(run: _Run) -> dict[str, Any]:
+    from masksearch.training.sft import parse_sft_args, run_sft
+
+    cfg, paths = run.cfg, run.paths
+    files = [str(paths["cot_provenance"] / "trajectories.jsonl")]
+    llm_file = paths["cot_llm"] / "trajectories.jsonl"
+    if llm_file.exists():
+        files.append(str(llm_file))
+    argv = ["--model", cfg.model, "--ramp_files", *files, "--output_dir", str(paths["sft"]),
+            "--max_steps", str(cfg.sft_steps), "--per_device_train_batch_size", str(cfg.sft_batch_size),
+            "--learning_rate", str(cfg.learning_rate), "--logging_steps", "2", "--save_strategy", "no",
+            "--report_to", "none", "--max_length", "1024", "--seed", str(cfg.seed),
+            "--lr_scheduler_type", "cosine", "--warmup_steps", "2"]
+    script_args, sft_config = parse_sft_args(argv)
+    rep = run_sft(script_args, sft_config)
+    return {k: v for k, v in rep.items() if k != "loss_history"}
+
+
+# 5. downstream (stage 2) ------------------------------------------------------------
+def _do_downstream(run: _Run) -> dict[str, Any]:
+    from masksearch.data.benchmarks import split_pool
+    from masksearch.pipelines.two_stage import StageConfig, build_downstream, downstream_rows, sft_stage
+    from masksearch.utils.jsonl import iter_jsonl
+
+    cfg, paths = run.cfg, run.paths
+    split = split_pool("hotpotqa", cfg.downstream_eval_n, paths["split"])
+    held = {str(r["id"]) for r in iter_jsonl(split["heldout"])}
+    data = build_downstream(split["train"], paths["cot_downstream"], held, retriever=run.retriever_spec,
+                            k=cfg.k, info_max_tokens=cfg.info_max_tokens)
+    rows = downstream_rows(paths["cot_downstream"] / "trajectories.jsonl", held, seed=cfg.seed)
+    stage = StageConfig("downstream-sft", "sft", "sft", "downstream", cfg.downstream_steps, cfg.learning_rate,
+                        cfg.sft_batch_size, 1024)
+    rep = sft_stage(stage, f"hf:{paths['sft']}", rows, paths["sft2"], seed=cfg.seed)
+    return {"split": split, "teacher": data["teacher"], "init": str(paths["sft"]),
+            **{k: v for k, v in rep.items() if k != "loss_history"}}
+
+
+# 6. eval ----------------------------------------------------------------------------
+def _do_eval(run: _Run) -> dict[str, Any]:
+    from masksearch.eval.runner import run_eval
+
+    cfg, paths = run.cfg, run.paths
+    ckpt, ckpt2 = f"hf:{paths['sft']}", f"hf:{paths['sft2']}"
+    runs = [
+        ("rag-pe", cfg.model, "RAG-PE (untrained)"),
+        ("agent", cfg.model, "Agent-PE (untrained student)"),
+        ("agent", ckpt, "MaskSearch student (SFT, quickstart)"),
+        ("agent", ckpt2, "MaskSearch student (RAMP SFT -> downstream SFT)"),
+    ]
+    tags = {cfg.model: "base", ckpt: "sft", ckpt2: "sft2"}
+    # in-domain HotpotQA is the held-out split (the downstream stage trained on the rest)
+    in_domain = str(paths["split"] / "hotpotqa.heldout.jsonl")
+    benches = [b for b in cfg.benchmarks if b != "hotpotqa"]
+    out: dict[str, Any] = {}
+    for i, (method, model, label) in enumerate(runs):
+        if model == ckpt2 and not (paths["sft2"] / "config.json").exists():
+            continue
+        d = paths["eval"] / f"{i}-{method}-{tags[model]}"
+        res = run_eval(method, model, run.retriever_spec, benchmarks=benches,
+                       data=[str(paths["ramp_heldout"]), in_domain], limit=cfg.eval_limit,
+                       concurrency=cfg.concurrency, out_dir=str(d), k=cfg.k,
+                       max_turns=cfg.max_turns, label=label, max_new_tokens=cfg.max_new_tokens,
                        info_max_tokens=cfg.info_max_tokens)
-        n_llm = max(1, cfg.llm_teacher_examples)
-        opts: dict[str, Any] = {"max_new_tokens": 256}
-        if str(cfg.teacher_model).startswith("llamacpp:"):
-            opts["n_parallel"] = n_llm  # one llama.cpp slot per run in flight
-        llm = run_cot(paths["ramp_train"], paths["cot_llm"], teacher=cfg.teacher_model, retriever=retriever_spec,
-                      concurrency=n_llm, limit=cfg.llm_teacher_examples,
-                      k=cfg.k, max_turns=cfg.max_turns, info_max_tokens=cfg.info_max_tokens,
-                      model_options=opts)
-        return {"provenance": _slim(prov), "llm": _slim(llm)}
+        out[label] = str(d)
+        _log(f"eval {label}: {json.dumps(_headline(res))}")
+    return {"runs": out}
 
-    # 4. SFT -----------------------------------------------------------------------------
-    def do_sft() -> dict[str, Any]:
-        from masksearch.training.sft import parse_sft_args, run_sft
 
-        files = [str(paths["cot_provenance"] / "trajectories.jsonl")]
-        llm_file = paths["cot_llm"] / "trajectories.jsonl"
-        if llm_file.exists():
-            files.append(str(llm_file))
-        argv = ["--model", cfg.model, "--ramp_files", *files, "--output_dir", str(paths["sft"]),
-                "--max_steps", str(cfg.sft_steps), "--per_device_train_batch_size", str(cfg.sft_batch_size),
-                "--learning_rate", str(cfg.learning_rate), "--logging_steps", "2", "--save_strategy", "no",
-                "--report_to", "none", "--max_length", "1024", "--seed", str(cfg.seed),
-                "--lr_scheduler_type", "cosine", "--warmup_steps", "2"]
-        script_args, sft_config = parse_sft_args(argv)
-        rep = run_sft(script_args, sft_config)
-        return {k: v for k, v in rep.items() if k != "loss_history"}
+# 7. report --------------------------------------------------------------------------
+def _do_report(run: _Run) -> dict[str, Any]:
+    return write_report(run.root, run.paths, run.stages.state, run.cfg)
 
-    # 5. downstream (stage 2) ------------------------------------------------------------
-    def do_downstream() -> dict[str, Any]:
-        from masksearch.data.benchmarks import split_pool
-        from masksearch.pipelines.two_stage import StageConfig, build_downstream, downstream_rows, sft_stage
-        from masksearch.utils.jsonl import iter_jsonl
 
-        split = split_pool("hotpotqa", cfg.downstream_eval_n, paths["split"])
-        held = {str(r["id"]) for r in iter_jsonl(split["heldout"])}
-        data = build_downstream(split["train"], paths["cot_downstream"], held, retriever=retriever_spec,
-                                k=cfg.k, info_max_tokens=cfg.info_max_tokens)
-        rows = downstream_rows(paths["cot_downstream"] / "trajectories.jsonl", held, seed=cfg.seed)
-        stage = StageConfig("downstream-sft", "sft", "sft", "downstream", cfg.downstream_steps, cfg.learning_rate,
-                            cfg.sft_batch_size, 1024)
-        rep = sft_stage(stage, f"hf:{paths['sft']}", rows, paths["sft2"], seed=cfg.seed)
-        return {"split": split, "teacher": data["teacher"], "init": str(paths["sft"]),
-                **{k: v for k, v in rep.items() if k != "loss_history"}}
-
-    # 6. eval ----------------------------------------------------------------------------
-    def do_eval() -> dict[str, Any]:
-        from masksearch.eval.runner import run_eval
-
-        ckpt, ckpt2 = f"hf:{paths['sft']}", f"hf:{paths['sft2']}"
-        runs = [
-            ("rag-pe", cfg.model, "RAG-PE (untrained)"),
-            ("agent", cfg.model, "Agent-PE (untrained student)"),
-            ("agent", ckpt, "MaskSearch student (SFT, quickstart)"),
-            ("agent", ckpt2, "MaskSearch student (RAMP SFT -> downstream SFT)"),
-        ]
-        tags = {cfg.model: "base", ckpt: "sft", ckpt2: "sft2"}
-        # in-domain HotpotQA is the held-out split (the downstream stage trained on the rest)
-        in_domain = str(paths["split"] / "hotpotqa.heldout.jsonl")
-        benches = [b for b in cfg.benchmarks if b != "hotpotqa"]
-        out: dict[str, Any] = {}
-        for i, (method, model, label) in enumerate(runs):
-            if model == ckpt2 and not (paths["sft2"] / "config.json").exists():
-                continue
-            d = paths["eval"] / f"{i}-{method}-{tags[model]}"
-            res = run_eval(method, model, retriever_spec, benchmarks=benches,
-                           data=[str(paths["ramp_heldout"]), in_domain], limit=cfg.eval_limit,
-                           concurrency=cfg.concurrency, out_dir=str(d), k=cfg.k,
-                           max_turns=cfg.max_turns, label=label, max_new_tokens=cfg.max_new_tokens,
-                           info_max_tokens=cfg.info_max_tokens)
-            out[label] = str(d)
-            _log(f"eval {label}: {json.dumps(_headline(res))}")
-        return {"runs": out}
-
-    # 7. report --------------------------------------------------------------------------
-    def do_report() -> dict[str, Any]:
-        return write_report(root, paths, stages.state, cfg)
-
-    stage("index", do_index)
-    stage("ramp", do_ramp)
-    stage("teacher", do_teacher)
-    stage("sft", do_sft)
-    stage("downstream", do_downstream)
-    stage("eval", do_eval)
-    stages.forget("report")  # always rewritten: cheap, and reflects the latest stages
-    stage("report", do_report)
-    _log(f"all stages done in {time.perf_counter() - t_all:.0f} s; report: {root / 'REPORT.md'}")
-    return stages.state
+_STAGE_STEPS: tuple[tuple[str, Callable[[_Run], dict[str, Any]]], ...] = (
+    ("index", _do_index), ("ramp", _do_ramp), ("teacher", _do_teacher), ("sft", _do_sft),
+    ("downstream", _do_downstream), ("eval", _do_eval), ("report", _do_report),
+)
 
 
 def _slim(summary: Any) -> Any:

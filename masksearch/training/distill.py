@@ -161,9 +161,6 @@ def run_distill(args: DistillArguments, script_args: SFTScriptArguments, sft_con
     """Run (or resume) ``args.rounds`` rounds; returns the report (also ``WORKDIR/report.json``)."""
     from masksearch.data.qa import load_qa
     from masksearch.retrieval import make_retriever
-    from masksearch.training.export import run_cot
-    from masksearch.training.sft import load_rows, mix_and_order, run_sft
-    from masksearch.trajectory import read_trajectories, write_trajectories
 
     if not args.retriever:
         raise MaskSearchError("distill needs a retriever: --retriever bm25:INDEX_DIR (build one with `masksearch index`)")
@@ -174,14 +171,38 @@ def run_distill(args: DistillArguments, script_args: SFTScriptArguments, sft_con
     splits = prepare_splits(args, workdir, args.rounds)
     retriever = make_retriever(args.retriever, k=args.k)
     heldout = load_qa(splits["heldout"])
+    round0 = _teacher_round(args, script_args, workdir, splits["teacher"], progress)
+    data_files: list[tuple[str, Path]] = [("teacher", workdir / "round0" / "teacher" / "trajectories.jsonl")]
+    rounds = [round0]
+    curves: dict[str, list] = {}
+    for r in range(1, args.rounds + 1):
+        rdir = workdir / f"round{r}"
+        student_file = rdir / "student" / "trajectories.jsonl"
+        if (rdir / "report.json").exists():  # a finished round: resume past it
+            rep = json.loads((rdir / "report.json").read_text())
+            rounds.append(rep)
+            curves[f"round {r}"] = rep.get("sft", {}).get("loss_history", [])
+            if student_file.exists():
+                data_files.append((f"student-round{r}", student_file))
+            continue
+        rep = _student_round(r, rdir, args, script_args, sft_config, data_files, splits, heldout, retriever,
+                             progress)
+        curves[f"round {r}"] = rep["sft"].get("loss_history", [])
+        rounds.append(rep)
+    return _write_distill_report(workdir, round0, rounds, curves)
 
-    # ---- round 0: the configured teacher
+
+def _teacher_round(args: DistillArguments, script_args: SFTScriptArguments, workdir: Path, questions: Any,
+                   progress: bool) -> dict[str, Any]:
+    """Round 0: the configured teacher over its split (kept when already done); writes its report."""
+    from masksearch.training.export import run_cot
+
     t0_dir = workdir / "round0" / "teacher"
     summary_path = t0_dir / "summary.json"
     if summary_path.exists() and (t0_dir / "trajectories.jsonl").exists():
         teacher_summary = json.loads(summary_path.read_text())
     else:
-        teacher_summary = run_cot(splits["teacher"], t0_dir, teacher=args.teacher, retriever=args.retriever,
+        teacher_summary = run_cot(questions, t0_dir, teacher=args.teacher, retriever=args.retriever,
                                   k=args.k, info_max_tokens=args.info_max_tokens, concurrency=args.concurrency,
                                   accept=script_args.accept, progress=progress, **_executor(args))
     round0 = {"round": 0, "teacher": teacher_summary.get("teacher", args.teacher),
@@ -189,86 +210,103 @@ def run_distill(args: DistillArguments, script_args: SFTScriptArguments, sft_con
               "acceptance_rate": teacher_summary.get("acceptance_rate"),
               "rejected_by_reason": teacher_summary.get("rejected_by_reason", {})}
     (workdir / "round0" / "report.json").write_text(json.dumps(round0, indent=2))
-    data_files: list[tuple[str, Path]] = [("teacher", t0_dir / "trajectories.jsonl")]
+    return round0
 
-    rounds = [round0]
-    curves: dict[str, list] = {}
-    for r in range(1, args.rounds + 1):
-        rdir = workdir / f"round{r}"
-        rep_path = rdir / "report.json"
-        student_file = rdir / "student" / "trajectories.jsonl"
-        if rep_path.exists():
-            rep = json.loads(rep_path.read_text())
-            rounds.append(rep)
-            curves[f"round {r}"] = rep.get("sft", {}).get("loss_history", [])
-            if student_file.exists():
-                data_files.append((f"student-round{r}", student_file))
-            continue
-        rdir.mkdir(parents=True, exist_ok=True)
-        t_start = time.perf_counter()
-        # -- train on the union of accepted data
-        stats: Counter = Counter()
-        rows = []
-        for _, f in data_files:
-            rows += load_rows([f], "ramp", script_args.accept, stats)
-        rows = mix_and_order(rows, [], curriculum=script_args.curriculum, max_rows=script_args.max_rows,
-                             seed=sft_config.seed + r)
-        model_dir = rdir / "model"
-        if (model_dir / "masksearch_sft.json").exists():
-            sft_report = json.loads((model_dir / "masksearch_sft.json").read_text())
-        else:
-            sft_report = run_sft(script_args, _sft_config_for(sft_config, model_dir), rows=rows,
-                                 title=f"round {r}: SFT loss on {len(rows)} rows")
-        curves[f"round {r}"] = sft_report.get("loss_history", [])
-        # -- held-out answer recall
-        model = load_student_model(str(model_dir), max_new_tokens=args.max_new_tokens)
-        name = f"student-round{r}"
-        held_file = rdir / "heldout_trajectories.jsonl"
-        if held_file.exists():
-            held = list(read_trajectories(str(held_file)))
-        else:
-            held = run_students(model, heldout, retriever, args, name, round=r, progress=progress)
-            write_trajectories(str(held_file), held, append=False)
-        held_metrics = student_metrics(held, heldout)
-        # -- the trained student solves new RAMP questions; judged runs join the dataset
-        student_part: dict[str, Any] = {}
-        if r < args.rounds:
-            new_q = load_qa(splits[f"student{r}"])
-            if not student_file.exists():
-                trajs = run_students(model, new_q, retriever, args, name, round=r, progress=progress)
-                reasons: Counter = Counter()
-                for t in trajs:
-                    ok, why = judge_student_run(t, args.student_accept)
-                    if not ok:
-                        reasons[why] += 1
-                student_file.parent.mkdir(parents=True, exist_ok=True)
-                write_trajectories(str(student_file), trajs, append=False)
-            trajs = list(read_trajectories(str(student_file)))
-            n_acc = sum(1 for t in trajs if t.metadata.get("accepted"))
-            student_part = {
-                "student": name, "questions": len(trajs), "accepted": n_acc,
-                "acceptance_rate": round(n_acc / len(trajs), 4) if trajs else 0.0,
-                "rejected_by_reason": dict(Counter(t.metadata.get("accept_reason") for t in trajs
-                                                   if not t.metadata.get("accepted"))),
-                "metrics": student_metrics(trajs, new_q),
-            }
-            data_files.append((name, student_file))
-        del model
-        rep = {
-            "round": r,
-            "dataset_size": len(rows),
-            "trained_on_teachers": dict(Counter(row.get("teacher", "unknown") for row in rows)),
-            "data_files": [str(f) for _, f in data_files if f != student_file],
-            "sft": {k: v for k, v in sft_report.items() if k in ("steps", "train_loss", "loss_first", "loss_last",
-                                                                 "loss_plot", "seconds", "loss_history")},
-            "checkpoint": str(model_dir),
-            "heldout": held_metrics,
-            "self_evolution": student_part,
-            "seconds": round(time.perf_counter() - t_start, 1),
-        }
-        rep_path.write_text(json.dumps(rep, indent=2))
-        rounds.append(rep)
 
+def _student_round(r: int, rdir: Path, args: DistillArguments, script_args: SFTScriptArguments, sft_config: Any,
+                   data_files: list[tuple[str, Path]], splits: dict[str, Any], heldout: Any, retriever: Any,
+                   progress: bool) -> dict[str, Any]:
+    """Round ``r``: train on the union of accepted data, measure held-out recall, and (but in the
+    last round) let the student solve new questions, appending its file to ``data_files``.
+    Writes and returns the round's report."""
+    from masksearch.data.qa import load_qa
+    from masksearch.trajectory import read_trajectories, write_trajectories
+
+    rdir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    rows = _round_rows(data_files, script_args, seed=sft_config.seed + r)
+    model_dir = rdir / "model"
+    sft_report = _round_sft(script_args, sft_config, model_dir, rows, r)
+    model = load_student_model(str(model_dir), max_new_tokens=args.max_new_tokens)
+    name = f"student-round{r}"
+    held_file = rdir / "heldout_trajectories.jsonl"
+    if held_file.exists():
+        held = list(read_trajectories(str(held_file)))
+    else:
+        held = run_students(model, heldout, retriever, args, name, round=r, progress=progress)
+        write_trajectories(str(held_file), held, append=False)
+    held_metrics = student_metrics(held, heldout)
+    student_file = rdir / "student" / "trajectories.jsonl"
+    student_part: dict[str, Any] = {}
+    if r < args.rounds:
+        student_part = _self_evolution(model, load_qa(splits[f"student{r}"]), retriever, args, name, r,
+                                       student_file, progress)
+        data_files.append((name, student_file))
+    del model
+    rep = {
+        "round": r,
+        "dataset_size": len(rows),
+        "trained_on_teachers": dict(Counter(row.get("teacher", "unknown") for row in rows)),
+        "data_files": [str(f) for _, f in data_files if f != student_file],
+        "sft": {k: v for k, v in sft_report.items() if k in ("steps", "train_loss", "loss_first", "loss_last",
+                                                             "loss_plot", "seconds", "loss_history")},
+        "checkpoint": str(model_dir),
+        "heldout": held_metrics,
+        "self_evolution": student_part,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    (rdir / "report.json").write_text(json.dumps(rep, indent=2))
+    return rep
+
+
+def _round_rows(data_files: list[tuple[str, Path]], script_args: SFTScriptArguments, seed: int) -> list[dict]:
+    """The accepted rows of every data file so far, mixed and ordered as SFT wants them."""
+    from masksearch.training.sft import load_rows, mix_and_order
+
+    stats: Counter = Counter()
+    rows = []
+    for _, f in data_files:
+        rows += load_rows([f], "ramp", script_args.accept, stats)
+    return mix_and_order(rows, [], curriculum=script_args.curriculum, max_rows=script_args.max_rows, seed=seed)
+
+
+def _round_sft(script_args: SFTScriptArguments, sft_config: Any, model_dir: Path, rows: list[dict],
+               r: int) -> dict[str, Any]:
+    """SFT of round ``r`` into ``model_dir``, or its report when that model is already trained."""
+    from masksearch.training.sft import run_sft
+
+    if (model_dir / "masksearch_sft.json").exists():
+        return json.loads((model_dir / "masksearch_sft.json").read_text())
+    return run_sft(script_args, _sft_config_for(sft_config, model_dir), rows=rows,
+                   title=f"round {r}: SFT loss on {len(rows)} rows")
+
+
+def _self_evolution(model: Any, new_q: Any, retriever: Any, args: DistillArguments, name: str, r: int,
+                    student_file: Path, progress: bool) -> dict[str, Any]:
+    """The trained student solves new RAMP questions (kept when already done); each run is judged
+    and the file joins the dataset.  Returns the round's ``self_evolution`` part."""
+    from masksearch.trajectory import read_trajectories, write_trajectories
+
+    if not student_file.exists():
+        trajs = run_students(model, new_q, retriever, args, name, round=r, progress=progress)
+        for t in trajs:
+            judge_student_run(t, args.student_accept)  # marks metadata.accepted / accept_reason
+        student_file.parent.mkdir(parents=True, exist_ok=True)
+        write_trajectories(str(student_file), trajs, append=False)
+    trajs = list(read_trajectories(str(student_file)))
+    n_acc = sum(1 for t in trajs if t.metadata.get("accepted"))
+    return {
+        "student": name, "questions": len(trajs), "accepted": n_acc,
+        "acceptance_rate": round(n_acc / len(trajs), 4) if trajs else 0.0,
+        "rejected_by_reason": dict(Counter(t.metadata.get("accept_reason") for t in trajs
+                                           if not t.metadata.get("accepted"))),
+        "metrics": student_metrics(trajs, new_q),
+    }
+
+
+def _write_distill_report(workdir: Path, round0: dict[str, Any], rounds: list[dict[str, Any]],
+                          curves: dict[str, list]) -> dict[str, Any]:
+    """``WORKDIR/report.json`` (and the loss-per-round plot when any round has a curve)."""
     plot = None
     if any(curves.values()):
         from masksearch.training.plots import plot_rounds

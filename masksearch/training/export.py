@@ -265,64 +265,104 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
                    executor: str | None = None, ray_address: str | None = None,
                    workers: int | None = None) -> dict[str, Any]:
     """Async :func:`run_cot`."""
-    from masksearch.data.qa import iter_qa
+    teacher = _check_cot_args(input, teacher, retriever, executor, checkpoint_db)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    filt = AcceptFilter.parse(accept)
+    opts = dict(k=k, max_docs=max_docs, max_turns=max_turns, info_max_tokens=info_max_tokens, llm_judge=llm_judge,
+                model_options=dict(model_options or {}))
+    backend = await _CotBackend.open(teacher, retriever, opts, executor=executor, checkpoint_db=checkpoint_db,
+                                     concurrency=concurrency, ray_address=ray_address, workers=workers)
+    examples, stats = _read_cot_examples(input, shard, limit)
+    traj_w, sft_w = _open_cot_writers(out, input, teacher, shard, resume)
+    tally = _CotTally(filt, traj_w, sft_w, search_queries)
+    try:
+        if resume and traj_w.done:
+            tally.recheck(out / "trajectories.jsonl")
+    except BaseException:
+        traj_w.close()
+        sft_w.close()
+        raise
+    elapsed = await _run_cot_jobs(examples, backend, tally, progress)
+    summary = _cot_summary(tally, backend, input=input, elapsed=elapsed, stats=stats, concurrency=concurrency,
+                           executor=executor)
+    if summary["failed"]:
+        print(f"warning: {summary['failed']} run(s) failed and were not written (rerun to retry): "
+              f"{summary['failures']}")
+    with open(out / "summary.json", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _check_cot_args(input: str | os.PathLike, teacher: Any, retriever: Any, executor: str | None,
+                    checkpoint_db: str | None) -> Any:
+    """The ``cot`` job's one-line errors, before anything is opened; returns the parsed teacher."""
     from masksearch.errors import MaskSearchError
-    from masksearch.utils.jobs import LocalExecutor, WorkerSpec, make_executor, run_jobs
-    from masksearch.utils.jsonl import ReadStats, ResumableJsonlWriter, in_shard, parse_shard
 
     if not os.path.exists(input):
         raise MaskSearchError(f"input file not found: {input} (a RAMP JSONL from `masksearch ramp` or a "
                               "benchmark file like ../shared/data/bench/hotpotqa.dev.jsonl)")
     if retriever is None:
         raise MaskSearchError("cot needs a retriever: --retriever bm25:DIR (build one with `masksearch index`)")
-    distributed = executor not in (None, "local")
     teacher = parse_teacher_spec(teacher)
-    if distributed:
+    if executor not in (None, "local"):
         if not isinstance(teacher, (str, dict)) or not isinstance(retriever, str):
             raise MaskSearchError(f"--executor {executor} builds the teacher in each worker: give the teacher "
                                   "and the retriever as spec strings")
         if checkpoint_db:
             raise MaskSearchError(f"--checkpoint-db needs one writer: run without --executor {executor} "
                                   "to record LangGraph checkpoints")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    filt = AcceptFilter.parse(accept)
-    from masksearch.training.provenance import PROVENANCE_TEACHERS
+    return teacher
 
-    is_prov = isinstance(teacher, str) and teacher in PROVENANCE_TEACHERS
-    # a spec is kept as its name in the provenance
-    retriever_name = retriever if isinstance(retriever, str) else None
-    opts = dict(k=k, max_docs=max_docs, max_turns=max_turns, info_max_tokens=info_max_tokens, llm_judge=llm_judge,
-                model_options=dict(model_options or {}))
 
-    saver_cm = None
-    if distributed:
-        from masksearch.graphs.teacher import TeacherContext
+@dataclass
+class _CotBackend:
+    """What runs the teacher: an executor factory (built lazily, inside the job), the names the
+    summary records, and the LangGraph checkpoint saver to close afterwards (or None)."""
 
-        teacher_name = teacher if is_prov else TeacherContext(models=teacher).teacher_name()
-        spec = WorkerSpec("masksearch.training.export:build_cot_method",
-                          dict(teacher=teacher, retriever=retriever, **opts))
-        make_ex = lambda: make_executor(executor, spec, concurrency=concurrency, address=ray_address,  # noqa: E731
-                                        workers=workers)
-        retriever_label = retriever
-    else:
+    make_executor: Any
+    teacher_name: str
+    retriever_label: str
+    saver_cm: Any = None
+
+    @classmethod
+    async def open(cls, teacher: Any, retriever: Any, opts: dict[str, Any], *, executor: str | None,
+                   checkpoint_db: str | None, concurrency: int, ray_address: str | None,
+                   workers: int | None) -> "_CotBackend":
+        from masksearch.training.provenance import PROVENANCE_TEACHERS
+        from masksearch.utils.jobs import LocalExecutor, WorkerSpec, make_executor
+
+        is_prov = isinstance(teacher, str) and teacher in PROVENANCE_TEACHERS
+        if executor not in (None, "local"):  # each worker builds the method from the specs
+            from masksearch.graphs.teacher import TeacherContext
+
+            spec = WorkerSpec("masksearch.training.export:build_cot_method",
+                              dict(teacher=teacher, retriever=retriever, **opts))
+            return cls(lambda: make_executor(executor, spec, concurrency=concurrency, address=ray_address,
+                                             workers=workers),
+                       teacher if is_prov else TeacherContext(models=teacher).teacher_name(), retriever)
+        retriever_name = retriever if isinstance(retriever, str) else None  # a spec is kept as its name
         if isinstance(retriever, str):
             from masksearch.retrieval import make_retriever
 
-            retriever = make_retriever(retriever, k=k)
-        graph = None
-        if not is_prov:
+            retriever = make_retriever(retriever, k=opts["k"])
+        graph = saver_cm = None
+        if not is_prov and checkpoint_db:
+            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
             from masksearch.graphs.teacher import build_teacher_graph
 
-            if checkpoint_db:
-                from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-                saver_cm = AsyncSqliteSaver.from_conn_string(str(checkpoint_db))
-                graph = build_teacher_graph(checkpointer=await saver_cm.__aenter__())
+            saver_cm = AsyncSqliteSaver.from_conn_string(str(checkpoint_db))
+            graph = build_teacher_graph(checkpointer=await saver_cm.__aenter__())
         method = build_cot_method(teacher, retriever, graph=graph, retriever_name=retriever_name, **opts)
-        teacher_name = method.teacher_name()
-        make_ex = lambda: LocalExecutor(method, concurrency=max(1, concurrency))  # noqa: E731
-        retriever_label = retriever_name or type(retriever).__name__
+        return cls(lambda: LocalExecutor(method, concurrency=max(1, concurrency)), method.teacher_name(),
+                   retriever_name or type(retriever).__name__, saver_cm)
+
+
+def _read_cot_examples(input: str | os.PathLike, shard: str | None, limit: int | None) -> tuple[list[Any], Any]:
+    """This shard's questions, at most ``limit``, and the read stats (bad lines counted, skipped)."""
+    from masksearch.data.qa import iter_qa
+    from masksearch.utils.jsonl import ReadStats, in_shard, parse_shard
 
     stats = ReadStats()
     sh = parse_shard(shard)
@@ -333,9 +373,14 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
         examples.append(ex)
         if limit is not None and len(examples) >= limit:
             break
+    return examples, stats
 
-    # the job's identity beside both outputs: a rerun resumes only the same teacher on the same input
-    from masksearch.utils.jsonl import input_fingerprint
+
+def _open_cot_writers(out: Path, input: str | os.PathLike, teacher: Any, shard: str | None,
+                      resume: bool) -> tuple[Any, Any]:
+    """``trajectories.jsonl`` and ``sft.jsonl``, both stamped with the job's identity: a rerun
+    resumes only the same teacher on the same input."""
+    from masksearch.utils.jsonl import ResumableJsonlWriter, input_fingerprint
 
     job = {"command": "cot", "teacher": _teacher_label(teacher), "input": input_fingerprint(input),
            "shard": shard or "0/1"}
@@ -345,89 +390,104 @@ async def arun_cot(input: str | os.PathLike, out_dir: str | os.PathLike, teacher
     except BaseException:
         traj_w.close()
         raise
-    accepted: dict[str, bool] = {}
-    reasons: Counter = Counter()
-    previous: list[Trajectory] = []
-    try:
-        if resume and traj_w.done:  # re-check earlier runs; write any accepted row lost in a kill
-            from masksearch.trajectory import read_trajectories
+    return traj_w, sft_w
 
-            for t in read_trajectories(str(out / "trajectories.jsonl")):
-                ok, why = filt.check(t)
-                accepted[t.id] = ok
-                if not ok:
-                    reasons[why] += 1
-                elif t.id not in sft_w.done:
-                    sft_w.write({"id": t.id, **trajectory_to_sft_row(t, search_queries=search_queries)})
-                previous.append(t)
-    except BaseException:
-        traj_w.close()
-        sft_w.close()
-        raise
-    new: list[Trajectory] = []
-    failed: Counter = Counter()
 
-    def on_result(_ex: Any, t: Trajectory) -> None:  # the driver is the only writer
+class _CotTally:
+    """The driver's record of the job (it is the only writer): verdicts, rejections, failures,
+    the runs resumed and the runs new this time."""
+
+    def __init__(self, filt: AcceptFilter, traj_w: Any, sft_w: Any, search_queries: SearchQueries) -> None:
+        self.filt, self.traj_w, self.sft_w, self.search_queries = filt, traj_w, sft_w, search_queries
+        self.accepted: dict[str, bool] = {}
+        self.reasons: Counter = Counter()
+        self.failed: Counter = Counter()
+        self.previous: list[Trajectory] = []
+        self.new: list[Trajectory] = []
+
+    def _write_row(self, t: Trajectory) -> None:
+        self.sft_w.write({"id": t.id, **trajectory_to_sft_row(t, search_queries=self.search_queries)})
+
+    def recheck(self, path: Path) -> None:
+        """Re-check earlier runs; write any accepted row lost in a kill."""
+        from masksearch.trajectory import read_trajectories
+
+        for t in read_trajectories(str(path)):
+            ok, why = self.filt.check(t)
+            self.accepted[t.id] = ok
+            if not ok:
+                self.reasons[why] += 1
+            elif t.id not in self.sft_w.done:
+                self._write_row(t)
+            self.previous.append(t)
+
+    def on_result(self, _ex: Any, t: Trajectory) -> None:
         if t.status == "error":
             # a transient failure (endpoint down, timeout) is not final: not written, so the next
             # run retries it, as eval does
-            failed[scrub(t.reason or "run ended with status error")[:200]] += 1
+            self.failed[scrub(t.reason or "run ended with status error")[:200]] += 1
             return
-        ok, why = filt.check(t)
-        accepted[t.id] = ok
+        ok, why = self.filt.check(t)
+        self.accepted[t.id] = ok
         t.metadata["accepted"] = ok
         t.metadata["accept_reason"] = why
-        traj_w.write(t.to_dict())
+        self.traj_w.write(t.to_dict())
         if ok:
-            sft_w.write({"id": t.id, **trajectory_to_sft_row(t, search_queries=search_queries)})
+            self._write_row(t)
         else:
-            reasons[why] += 1
-        new.append(t)
+            self.reasons[why] += 1
+        self.new.append(t)
 
-    def acceptance() -> dict[str, str]:
-        return {"acc": f"{sum(1 for x in accepted.values() if x) / max(1, len(accepted)):.0%}"}
+    def acceptance(self) -> dict[str, str]:
+        return {"acc": f"{sum(1 for x in self.accepted.values() if x) / max(1, len(self.accepted)):.0%}"}
+
+
+async def _run_cot_jobs(examples: list[Any], backend: _CotBackend, tally: _CotTally, progress: bool) -> float:
+    """Run every question not yet done; close the executor, the writers and the saver whatever
+    happens.  Returns the seconds it took."""
+    from masksearch.utils.jobs import run_jobs
 
     t0 = time.perf_counter()
     ex_obj = None
     try:
-        ex_obj = make_ex()
-        rep = await run_jobs(examples, ex_obj, done=traj_w.done, on_result=on_result,
-                             progress={"desc": f"cot [{teacher_name}]", "unit": "traj"} if progress else None,
-                             postfix=acceptance)
-        failed.update(rep.failed)  # runs that raised (one bad question must not end the job)
+        ex_obj = backend.make_executor()
+        rep = await run_jobs(examples, ex_obj, done=tally.traj_w.done, on_result=tally.on_result,
+                             progress={"desc": f"cot [{backend.teacher_name}]", "unit": "traj"} if progress else None,
+                             postfix=tally.acceptance)
+        tally.failed.update(rep.failed)  # runs that raised (one bad question must not end the job)
     finally:
         elapsed = time.perf_counter() - t0
         if ex_obj is not None:
             ex_obj.close()
-        traj_w.close()
-        sft_w.close()
-        if saver_cm is not None:
-            await saver_cm.__aexit__(None, None, None)
+        tally.traj_w.close()
+        tally.sft_w.close()
+        if backend.saver_cm is not None:
+            await backend.saver_cm.__aexit__(None, None, None)
+    return elapsed
 
-    summary = summarize(previous + new, accepted, reasons)
+
+def _cot_summary(tally: _CotTally, backend: _CotBackend, *, input: str | os.PathLike, elapsed: float, stats: Any,
+                 concurrency: int, executor: str | None) -> dict[str, Any]:
+    """``summary.json``: :func:`summarize` over every run, then the job's own figures (scrubbed)."""
+    new = tally.new
+    summary = summarize(tally.previous + new, tally.accepted, tally.reasons)
     summary.update({
-        "teacher": teacher_name,
-        "retriever": retriever_label,
+        "teacher": backend.teacher_name,
+        "retriever": backend.retriever_label,
         "input": str(input),
-        "accept": filt.__dict__,
+        "accept": tally.filt.__dict__,
         "new_this_run": len(new),
-        "resumed": len(previous),
+        "resumed": len(tally.previous),
         "input_lines_skipped": stats.n_skipped,
         "input_skipped_by_reason": dict(stats.skipped),
         "seconds": round(elapsed, 3),
         "trajectories_per_minute": round(len(new) / elapsed * 60, 3) if new and elapsed > 0 else 0.0,
         "concurrency": concurrency,
-        "failed": sum(failed.values()),
-        "failures": dict(failed.most_common(5)),
+        "failed": sum(tally.failed.values()),
+        "failures": dict(tally.failed.most_common(5)),
         "executor": executor or "local",
     })
-    summary = scrub_obj(summary)
-    if summary["failed"]:
-        print(f"warning: {summary['failed']} run(s) failed and were not written (rerun to retry): "
-              f"{summary['failures']}")
-    with open(out / "summary.json", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+    return scrub_obj(summary)
 
 
 def _teacher_label(teacher: Any) -> str:
