@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="training minutes (all stages) at the reference speed --sft-step-seconds")
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--limit", type=int, default=20, help="questions per benchmark (at most 50)")
+    ap.add_argument("--limit-in-domain", type=int, default=None,
+                    help="questions of the in-domain benchmark (HotpotQA; at most 50; default: --limit)")
     ap.add_argument("--model", default="smollm2", help="the student (same for every row)")
     ap.add_argument("--ramp-n", type=int, default=300, help="RAMP questions for stage 1")
     ap.add_argument("--eval-n", type=int, default=60, help="size of the held-out HotpotQA split")
@@ -82,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default="", help="comma-separated rows to run (default: all); a second process "
                     "on the same --out can take some rows (stages and rows are locked)")
     args = ap.parse_args(argv)
-    if not 1 <= args.limit <= 50:
-        ap.error("--limit must be in 1..50")
+    if not 1 <= args.limit <= 50 or not 1 <= (args.limit_in_domain or 1) <= 50:
+        ap.error("--limit and --limit-in-domain must be in 1..50")
 
     from masksearch.pipelines.ablation import ablation_report, run_ablation
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             links = make_eval_dir(eval_dir, Path(args.out) / "data" / "split", args.eval_n, "masksearch-eval-v1")
             print(f"[ablation] eval dir {eval_dir}: {json.dumps(links)}", flush=True)
         run_ablation(args.out, args.budget_minutes, eval_dir=str(eval_dir), model=args.model,
-                     eval_limit=args.limit, ramp_n=args.ramp_n, eval_n=args.eval_n,
+                     eval_limit=args.limit, eval_limit_in_domain=args.limit_in_domain, ramp_n=args.ramp_n, eval_n=args.eval_n,
                      sft_step_seconds=args.sft_step_seconds, concurrency=args.concurrency, k=args.k,
                      max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
                      info_max_tokens=args.info_max_tokens,

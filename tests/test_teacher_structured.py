@@ -124,3 +124,33 @@ def test_sft_rows_mix_teachers_with_per_row_provenance(tmp_path):
         files.append(f)
     rows = load_rows(files, "ramp")
     assert [r["teacher"] for r in rows] == ["provenance", "llm:llamacpp:qwen2.5-coder-1.5b"]
+
+
+TWO_BLANKS = ("Smith reached the [mask] World Championship for the first time. He beat [mask] 3–1 in the "
+              "first round.\n\nFill in each of the 2 [mask] blanks in the passage above with the original text.")
+
+
+def test_blank_contexts_name_each_blank_in_order_from_the_question_only():
+    from masksearch.agents.quality import blank_contexts, count_blanks
+
+    assert count_blanks(TWO_BLANKS) == 2 and count_blanks("Who built the Eiffel Tower?") == 0
+    ctx = blank_contexts(TWO_BLANKS, width=3)
+    assert ctx == ["Smith reached the [mask 1] World Championship for", "time. He beat [mask 2] 3–1 in the"]
+    assert blank_contexts("Who built the Eiffel Tower?") == []
+    # the observer is shown where each blank stands; an ordinary question gets no such block
+    msgs = dict(roles.observer_messages(TWO_BLANKS, [], "q", "DOCS", 1, 3, "json_schema"))
+    assert "[mask 2] 3–1" in msgs["human"]
+    assert "blanks in their context" not in dict(roles.observer_messages("Who?", [], "q", "D", 1, 3))["human"]
+
+
+def test_observer_schema_holds_one_span_per_blank_and_the_answer_is_read_from_it():
+    s = schemas.observer_schema(n_blanks=2)
+    assert s["properties"]["blanks"]["minItems"] == s["properties"]["blanks"]["maxItems"] == 2
+    assert "blanks" not in schemas.observer_schema()["properties"]
+    out = roles.observer_from_json({"thought": "t", "decision": "answer", "text": "", "blanks": ["2014", " Morihiro  Hashimoto"]})
+    assert (out.kind, out.text) == ("answer", "2014 | Morihiro Hashimoto")
+    assert roles.observer_from_json({"thought": "t", "decision": "answer", "text": "x",
+                                     "blanks": ["2014", " "]}).reason == "empty_blank"
+    # a next query ignores the blanks
+    nxt = roles.observer_from_json({"thought": "t", "decision": "next", "text": "Smith snooker 2014", "blanks": ["", ""]})
+    assert (nxt.kind, nxt.text) == ("next", "Smith snooker 2014")

@@ -154,3 +154,25 @@ def test_adapt_to_device_really_turns_checkpointing_off_on_cpu():
     assert cfg.activation_checkpointing  # TRL's default
     adapt_to_device(cfg)
     assert cfg.activation_checkpointing is False and cfg.gradient_checkpointing is False
+
+
+def test_adapt_to_device_really_turns_bf16_autocast_off_on_cpu():
+    """The config turns bf16 into `mixed_precision` when it is built, and the Trainer's Accelerator
+    autocasts by that: a GRPOConfig built in code (TRL's default bf16=True) trained under bf16
+    autocast on a CPU, ~10x slower, although `adapt_to_device` had set bf16=False."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    from trl import GRPOConfig
+
+    from masksearch.training.config import _has_gpu, adapt_to_device
+
+    if _has_gpu():
+        pytest.skip("CPU-only behaviour")
+    cfg = GRPOConfig(output_dir="/tmp/ms-adapt-bf16", use_cpu=True, report_to="none")
+    assert cfg.bf16 and cfg.mixed_precision == "bf16"  # TRL's default, resolved at construction
+    adapt_to_device(cfg)
+    assert cfg.bf16 is False and cfg.mixed_precision == "no"
+    from transformers import Trainer
+
+    tiny = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                                        num_hidden_layers=1, num_attention_heads=2))
+    assert Trainer(model=tiny, args=cfg).accelerator.mixed_precision == "no"

@@ -96,12 +96,11 @@ QUERY_RULES = (
 
 PLANNER_JSON = (
     "You are the Planner of a research team that answers questions by searching Wikipedia "
-    "passages. Work out which fact is missing and write the first search query for it. If the "
-    "question is a passage with [mask] blanks, search for that passage: its subject plus the "
-    "distinctive words next to a blank. " + QUERY_RULES + "\n"
-    "Example. Question: The tower was designed by the company of [mask] and opened in 1889 for the "
-    "World's Fair in Paris. -> thought: The passage is about the Eiffel Tower; I need who designed "
-    "it. query: Eiffel Tower designed company 1889 World's Fair"
+    "passages. Work out which fact is missing and write the first search query for it.\n"
+    "If the question is a passage with [mask] blanks, it was cut from a Wikipedia passage that the "
+    "search engine holds: search for that original passage. Take the main name the passage is about "
+    "and 2 to 6 rare words, names or numbers that stand next to a blank, copied exactly as they are "
+    "written in the passage. " + QUERY_RULES
 )
 
 REWRITER_JSON = (
@@ -112,11 +111,15 @@ REWRITER_JSON = (
 OBSERVER_JSON = (
     "You are the Observer of a research team. Read the question, the reasoning so far and the "
     "documents found, then decide:\n"
-    "answer: the documents contain the answer. For [mask] blanks, find the document with the "
-    "question's sentences and copy, word for word, what stands there in place of each [mask].\n"
+    "answer: the documents contain the answer.\n"
     "next: another fact is needed; text is a new search query of 3 to 10 key words, not tried before.\n"
     "replan: the searches are going nowhere; text says why.\n"
-    "An answer is short, copied from a document: a name, a date, a number or a phrase. " + MULTI_SPAN_NOTE
+    "An answer is short, copied from a document: a name, a date, a number or a phrase.\n"
+    "For a passage with [mask] blanks: look for the document with the same sentences. For each "
+    "blank, find the words written just before and after it in that document and copy, word for "
+    "word, what stands between them; put one string per blank, in order, in blanks (text may stay "
+    "empty). If no document has the passage's sentences, do not guess: search again with other "
+    "words of the passage."
 )
 
 DEGENERATE_NOTE = {

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import re
 
+from masksearch.protocol import MASK_TOKEN as MASK
 from masksearch.scoring import normalize
 
-MASK = "[mask]"
 COPY_SHARE = 0.8
 # words of the teacher's prompts and message headings that small models echo as "queries"
 PROMPT_ECHOES = (
@@ -72,3 +72,22 @@ def degenerate_query(query: str | None, question: str = "") -> str | None:
         if _has_run(_words(q), passage, max(4, longest + 1, int(COPY_SHARE * len(passage) + 0.999))):
             return "copy"
     return None
+
+
+def count_blanks(question: str) -> int:
+    """How many ``[mask]`` blanks the passage of a RAMP question holds (0 for an ordinary question)."""
+    return masked_passage(question).lower().count(MASK)
+
+
+def blank_contexts(question: str, width: int = 8) -> list[str]:
+    """For each blank of a RAMP question, in order, the ``width`` words before and after it, with the
+    blank itself written ``[mask N]``: what a reader looks for in a document to find the original
+    text.  Read from the question only (nothing of the answer)."""
+    text = " ".join(masked_passage(question).split())
+    parts = re.split(re.escape(MASK), text, flags=re.I)
+    out = []
+    for i in range(len(parts) - 1):
+        before = parts[i].split()[-width:]
+        after = parts[i + 1].split()[:width]
+        out.append(" ".join(before + [f"[mask {i + 1}]"] + after))
+    return out

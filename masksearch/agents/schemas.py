@@ -35,10 +35,21 @@ def rewriter_schema(n: int = 3) -> dict[str, Any]:
                                          "minItems": 1, "maxItems": max(1, int(n))}})
 
 
-def observer_schema(decisions: tuple[str, ...] = ("answer", "next", "replan")) -> dict[str, Any]:
-    """On the last turn the graph passes ``("answer",)``: the decoder can then only answer."""
-    return _obj("observer", {"thought": _str(THOUGHT_CHARS), "decision": {"type": "string", "enum": list(decisions)},
-                             "text": _str(TEXT_CHARS, 0)})
+BLANK_CHARS = 80
+
+
+def observer_schema(decisions: tuple[str, ...] = ("answer", "next", "replan"), n_blanks: int = 0) -> dict[str, Any]:
+    """On the last turn the graph passes ``("answer",)``: the decoder can then only answer.
+
+    For a RAMP question with ``n_blanks`` blanks the reply also holds ``blanks``: exactly one string
+    per blank, in order (the answer is read from it, joined with `` | ``), so a small model cannot
+    get the number or the separator of the spans wrong."""
+    props: dict[str, Any] = {"thought": _str(THOUGHT_CHARS), "decision": {"type": "string", "enum": list(decisions)},
+                             "text": _str(TEXT_CHARS, 0)}
+    if n_blanks > 0:
+        props["blanks"] = {"type": "array", "items": _str(BLANK_CHARS, 0), "minItems": int(n_blanks),
+                           "maxItems": int(n_blanks)}
+    return _obj("observer", props)
 
 
 def judge_schema() -> dict[str, Any]:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from masksearch.agents import prompts, schemas
-from masksearch.agents.quality import degenerate_query
-from masksearch.protocol import MAX_REPLY_CHARS, last_tag, message_text
+from masksearch.agents.quality import blank_contexts, count_blanks, degenerate_query
+from masksearch.protocol import MAX_REPLY_CHARS, join_answers, last_tag, message_text
 from masksearch.utils.scrub import scrub
 
 ROLES = ("planner", "rewriter", "observer", "judge")
@@ -148,9 +148,13 @@ def rewriter_messages(question: str, sub_query: str, n: int = 3, mode: str = "ta
 def observer_messages(question: str, thoughts: Sequence[str], sub_query: str, information: str,
                       turn: int, max_turns: int, mode: str = "tags") -> list[Msg]:
     reasoning = "\n".join(f"- {t}" for t in thoughts if t) or "- (none)"
-    user = (f"Question: {question}\n\nReasoning so far:\n{reasoning}\n\n"
-            f"Searched for: {sub_query}\nDocuments found:\n{information}\n\n"
-            f"Turn {turn} of {max_turns}.")
+    user = f"Question: {question}\n\n"
+    blanks = blank_contexts(question)
+    if blanks:  # where each blank stands: the words to look for in a document
+        user += "The blanks in their context:\n" + "\n".join(f"{i}. ...{b}..." for i, b in enumerate(blanks, 1)) + "\n\n"
+    user += (f"Reasoning so far:\n{reasoning}\n\n"
+             f"Searched for: {sub_query}\nDocuments found:\n{information}\n\n"
+             f"Turn {turn} of {max_turns}.")
     if turn >= max_turns:
         user += (" This is the last turn: give your best answer." if mode == "json_schema"
                  else " This is the last turn: give your best <answer>.")
@@ -199,9 +203,17 @@ def rewriter_from_json(data: dict[str, Any], max_queries: int = 5) -> RoleOutput
 
 
 def observer_from_json(data: dict[str, Any]) -> RoleOutput:
+    """``blanks`` (a RAMP question's per-blank spans, see :func:`schemas.observer_schema`) is the
+    answer when the decision is ``answer``: its spans in order, joined as the protocol joins them."""
     think = " ".join(str(data.get("thought") or "").split())
     kind = str(data.get("decision") or "").strip().lower()
     text = " ".join(str(data.get("text") or "").split())
+    blanks = data.get("blanks")
+    if kind == "answer" and isinstance(blanks, list) and blanks:
+        spans = [" ".join(str(b).split()) for b in blanks]
+        if not all(spans):
+            return RoleOutput("malformed", think=think, reason="empty_blank")
+        text = join_answers(spans)
     if kind not in ("answer", "next", "replan"):
         return RoleOutput("malformed", think=think, reason="no_decision")
     if not text and kind != "replan":
@@ -305,5 +317,5 @@ async def observe(model: Any, question: str, thoughts: Sequence[str], sub_query:
     decisions = ("answer",) if turn >= max_turns else ("answer", "next", "replan")
     return await call_role(model, "observer",
                            observer_messages(question, thoughts, sub_query, information, turn, max_turns, mode),
-                           parse_observer, retries, schema=schemas.observer_schema(decisions),
+                           parse_observer, retries, schema=schemas.observer_schema(decisions, count_blanks(question)),
                            from_json=observer_from_json, validate=check_query(question))

@@ -64,7 +64,7 @@ def plan_budget(budget_minutes: float, sft_step_seconds: float = REFERENCE_SFT_S
 
 
 def ablation_config(out: str, budget_minutes: float, *, eval_dir: str | None = None, model: str = "smollm2",
-                    eval_limit: int = 20, ramp_n: int = 300, eval_n: int = 60,
+                    eval_limit: int = 20, eval_limit_in_domain: int | None = None, ramp_n: int = 300, eval_n: int = 60,
                     sft_step_seconds: float = REFERENCE_SFT_STEP_SECONDS,
                     batch_size: int = 4, learning_rate: float = 1e-4, grpo_learning_rate: float = 1e-5,
                     max_length: int = 768, concurrency: int = 16, plan: dict[str, Any] | None = None,
@@ -77,11 +77,16 @@ def ablation_config(out: str, budget_minutes: float, *, eval_dir: str | None = N
                     learning_rate, batch_size, max_length),
         StageConfig("downstream-sft", "sft", "base", "downstream", plan["downstream_sft_steps"],
                     learning_rate, batch_size, max_length),
+        # DAPO's dynamic sampling (zero-signal groups dropped and refilled), and a search cache that
+        # starts empty with the stage, so its hit rate is the GRPO run's own (issue 16)
         StageConfig("ramp-downstream-grpo", "grpo", "ramp-downstream-sft", "downstream", plan["grpo_steps"],
-                    grpo_learning_rate, max_length=320, num_generations=4),
+                    grpo_learning_rate, max_length=320, num_generations=4,
+                    options={"dynamic_sampling": "true",
+                             "search_cache": str(Path(out) / "data" / "search_cache.grpo.sqlite")}),
     ]
     evals = [EvalConfig(row, method, src) for row, (method, src) in ROW_SOURCES.items()]
-    return PipelineConfig(out=out, model=model, eval_dir=eval_dir, eval_limit=eval_limit, ramp_n=ramp_n,
+    return PipelineConfig(out=out, model=model, eval_dir=eval_dir, eval_limit=eval_limit,
+                          eval_limit_in_domain=eval_limit_in_domain, ramp_n=ramp_n,
                           eval_n=eval_n, concurrency=concurrency, stages=stages, evals=evals, **shared)
 
 

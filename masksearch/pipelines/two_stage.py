@@ -104,6 +104,7 @@ class PipelineConfig:
     # evaluation
     eval_dir: str | None = None            # files named as in ../shared/data/bench; default: split + shared
     eval_limit: int = 20
+    eval_limit_in_domain: int | None = None  # questions of the in-domain benchmark (default: eval_limit)
     eval_benchmarks: list[str] = field(default_factory=lambda: ["hotpotqa", "fanoutqa", "musique", "2wiki",
                                                                 "bamboogle", "freshqa"])
     concurrency: int = 16
@@ -405,6 +406,10 @@ class Pipeline:
         script, training_args, model_args = parse_args(argv)
         rep = run_grpo(script, training_args, model_args)
         rep.pop("trainer", None)
+        if script.search_cache:  # hit rate and time saved over this run's rollouts
+            from masksearch.retrieval.cache import cache_stats
+
+            rep["search_cache"] = cache_stats()
         return rep
 
     # --- evaluation
@@ -452,12 +457,16 @@ class Pipeline:
         partial = benchmarks is not None and set(files) - set(benchmarks)
         if benchmarks is not None:
             files = {b: f for b, f in files.items() if b in benchmarks}
-        _log(f"eval {name}: {ev.method} with {model} on {', '.join(files)} (<= {self.cfg.eval_limit} q each)")
+        limits = self.eval_limits(files)
+        _log(f"eval {name}: {ev.method} with {model} on "
+             + ", ".join(f"{b} (<= {limits[b]} q)" for b in files))
         t0 = time.perf_counter()
-        res = run_eval(ev.method, model, self.retriever_spec(), data=list(files.values()), limit=self.cfg.eval_limit,
-                       concurrency=self.cfg.concurrency, out_dir=str(out), k=self.cfg.k, max_turns=self.cfg.max_turns,
-                       label=ev.label or name, max_new_tokens=self.cfg.max_new_tokens,
-                       info_max_tokens=self.cfg.info_max_tokens, progress=False)
+        res: dict[str, Any] = {}
+        for lim in sorted(set(limits.values())):  # results.json accumulates over the calls
+            res = run_eval(ev.method, model, self.retriever_spec(), data=[f for b, f in files.items() if limits[b] == lim],
+                           limit=lim, concurrency=self.cfg.concurrency, out_dir=str(out), k=self.cfg.k,
+                           max_turns=self.cfg.max_turns, label=ev.label or name, max_new_tokens=self.cfg.max_new_tokens,
+                           info_max_tokens=self.cfg.info_max_tokens, progress=False)
         failed = sum((b.get("failed") or 0) for b in res.get("benchmarks", {}).values())
         info = {"name": name, "method": ev.method, "model": model, "files": files, "out": str(out),
                 "seconds": round(time.perf_counter() - t0, 1), "failed": failed}
@@ -466,6 +475,14 @@ class Pipeline:
         self._record("evals", name, info)
         gc.collect()
         return info
+
+    def eval_limits(self, files: dict[str, str]) -> dict[str, int]:
+        """Questions per benchmark: ``eval_limit``, or ``eval_limit_in_domain`` for the downstream pool's."""
+        from masksearch.data.benchmarks import benchmark_name
+
+        in_domain = benchmark_name(self.cfg.downstream_pool)
+        return {b: (self.cfg.eval_limit_in_domain or self.cfg.eval_limit) if b == in_domain else self.cfg.eval_limit
+                for b in files}
 
     def run(self, only: Sequence[str] | None = None, skip_evals: bool = False) -> dict[str, Any]:
         """Every stage (or those in ``only``, with what they start from), then every eval."""

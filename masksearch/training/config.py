@@ -112,4 +112,9 @@ def adapt_to_device(train_config: Any) -> Any:
         for name in ("bf16", "fp16", "gradient_checkpointing", "activation_checkpointing"):
             if getattr(train_config, name, False):
                 setattr(train_config, name, False)
+        # the same trap for precision: the config resolves bf16/fp16 into `mixed_precision` when it is
+        # built, and the Trainer's Accelerator reads that. Left at "bf16", every CPU matmul ran under
+        # bf16 autocast, which this CPU (no avx512_bf16) emulates ~14x slower than float32
+        if getattr(train_config, "mixed_precision", "no") in ("bf16", "fp16"):
+            train_config.mixed_precision = "no"
     return train_config
