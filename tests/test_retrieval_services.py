@@ -18,7 +18,7 @@ from langchain_core.documents import Document
 from masksearch.errors import EndpointError
 from masksearch.retrieval import SearchError, build_index, make_retriever
 from masksearch.retrieval.hybrid import HybridRetriever, rrf_fuse
-from masksearch.retrieval.server import create_app
+from masksearch.retrieval.server import serve_in_thread
 from masksearch.retrieval.tool import search_with_retry
 
 from tests.test_retrieval import PASSAGES  # the same four passages
@@ -103,20 +103,8 @@ def test_chroma_round_trip_and_hybrid(corpus, bm25, tmp_path):
 
 @pytest.fixture(scope="module")
 def server(bm25):
-    import uvicorn
-
-    port = free_port()
-    app = create_app(make_retriever(f"bm25:{bm25}"), max_queries=8)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(5)
+    with serve_in_thread(make_retriever(f"bm25:{bm25}"), max_queries=8) as url:
+        yield url
 
 
 def test_server_shape_and_errors(server):

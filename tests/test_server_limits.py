@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 
 import httpx
 import pytest
 
 from masksearch.retrieval import build_index, make_retriever
-from masksearch.retrieval.server import make_server
+from masksearch.retrieval.server import serve_in_thread
 
 
 class SlowWhenAsked:
@@ -33,20 +32,9 @@ def server(tmp_path_factory, corpus_path):
     with open(corpus_path, encoding="utf-8") as f:
         c.write_text("".join(next(f) for _ in range(300)), encoding="utf-8")
     idx = build_index(str(c), out=d / "idx", progress=False)["path"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = make_server(SlowWhenAsked(make_retriever(f"bm25:{idx}")), port=port, log_level="warning",
-                      default_topk=5, idle_timeout_s=1.0, max_body_bytes=1 << 20)
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", port
-    srv.should_exit = True
-    th.join(5)
+    with serve_in_thread(SlowWhenAsked(make_retriever(f"bm25:{idx}")), default_topk=5, idle_timeout_s=1.0,
+                         max_body_bytes=1 << 20) as url:
+        yield url, int(url.rsplit(":", 1)[1])
 
 
 # --- a Search-R1-style client, written from its documented request/response handling ---------

@@ -24,10 +24,12 @@ Queries are made safe where they enter (a lone surrogate becomes U+FFFD instead 
 """
 
 
+import contextlib
 import json
 import math
-from typing import Any
+from typing import Any, Iterator
 
+from masksearch.errors import EndpointError
 from masksearch.retrieval.base import SearchError
 from masksearch.utils.scrub import safe_text
 
@@ -244,6 +246,36 @@ def make_server(retriever: Any, host: str = "127.0.0.1", port: int = 8000, *, lo
                             http=guarded_http_protocol(idle_timeout_s),
                             timeout_keep_alive=max(1, int(min(5, idle_timeout_s))))
     return uvicorn.Server(config)
+
+
+@contextlib.contextmanager
+def serve_in_thread(retriever: Any, host: str = "127.0.0.1", port: int | None = None, *,
+                    log_level: str = "warning", start_timeout_s: float = 30.0, **options: Any) -> Iterator[str]:
+    """The retrieval server in a background thread of this process (a notebook, a test, a driver
+    script): yields its base URL once it accepts connections, stops it on exit.  ``port=None``
+    picks a free one; ``options`` go to :func:`make_server` / :func:`create_app`."""
+    import socket
+    import threading
+    import time
+
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+    srv = make_server(retriever, host=host, port=port, log_level=log_level, **options)
+    thread = threading.Thread(target=srv.run, name=f"retrieval-server-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            srv.should_exit = True
+            raise EndpointError(f"the retrieval server on {host}:{port} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
 
 
 def serve(retriever: Any, host: str = "127.0.0.1", port: int = 8000, max_queries: int = MAX_QUERIES,
