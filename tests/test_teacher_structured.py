@@ -154,3 +154,26 @@ def test_observer_schema_holds_one_span_per_blank_and_the_answer_is_read_from_it
     # a next query ignores the blanks
     nxt = roles.observer_from_json({"thought": "t", "decision": "next", "text": "Smith snooker 2014", "blanks": ["", ""]})
     assert (nxt.kind, nxt.text) == ("next", "Smith snooker 2014")
+
+
+def test_a_ramp_answer_must_be_copied_from_the_documents_shown():
+    info = "<information>Doc 1 (Title: Smith) Smith reached the 2014 World Championship. He beat Ali Carter 3–1.</information>"
+    check = roles.check_grounded(TWO_BLANKS, info)
+    assert check(roles.RoleOutput("answer", text="2014 | Ali Carter")) is None
+    assert check(roles.RoleOutput("answer", text="2013 | Ali Carter")) == "ungrounded_answer"  # a guess
+    assert check(roles.RoleOutput("next", text="Smith snooker 2014")) is None
+    assert check(roles.RoleOutput("next", text="Smith [mask] 2014")) == "degenerate_query:mask_token"
+    # an ordinary question's answer need not be a span of the documents (yes/no, a paraphrase)
+    assert roles.check_grounded("Is Smith a snooker player?", info)(roles.RoleOutput("answer", text="yes")) is None
+
+
+def test_separator_only_blanks_are_no_answer_and_queries_cannot_hold_a_blank():
+    import re
+
+    out = roles.observer_from_json({"thought": "t", "decision": "answer", "text": "", "blanks": [" | ", "x"]})
+    assert out.reason == "empty_blank"
+    pat = re.compile(schemas.planner_schema()["properties"]["query"]["pattern"])
+    assert pat.match("Smith snooker 2014 World Championship")
+    assert not pat.match("Smith [mask] 2014") and not pat.match("Robert I | Charles the Simple")
+    assert schemas.rewriter_schema(2)["properties"]["queries"]["items"]["pattern"] == pat.pattern
+    assert schemas.planner_schema()["properties"]["thought"]["minLength"] >= 20

@@ -122,6 +122,12 @@ OBSERVER_JSON = (
     "words of the passage."
 )
 
+UNGROUNDED_NOTE = (
+    "That answer is not written in the documents found. Copy each blank's text word for word from "
+    "the document that has the passage's sentences, or, if none has them, choose next and search "
+    "with other words of the passage."
+)
+
 DEGENERATE_NOTE = {
     "empty": "the query is empty",
     "too_short": "the query is too short",

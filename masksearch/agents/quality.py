@@ -30,7 +30,8 @@ PROMPT_ECHOES = (
     "sub query", "subquery", "sub question", "search results", "search result", "search phrase",
     "search engine query", "search query", "query one", "query two", "query three", "next query",
     "your reasoning", "short answer", "why the plan fails", "passage above", "masked span",
-    "mask blanks", "original text", "latest search", "reasoning so far",
+    "mask blanks", "original text", "latest search", "reasoning so far", "original passage",
+    "search for the", "rare words", "key words", "main name",
 )
 _ALNUM = re.compile(r"[^\W_]", re.U)
 

@@ -22,16 +22,30 @@ def _obj(title: str, props: dict[str, Any]) -> dict[str, Any]:
             "additionalProperties": False}
 
 
-def _str(max_len: int, min_len: int = 1) -> dict[str, Any]:
-    return {"type": "string", "minLength": min_len, "maxLength": max_len}
+THOUGHT_MIN_CHARS = 20  # a sentence, not one word ("in", "Robert I": what greedy 1.5B thoughts were)
+# a search query holds no blank and no span separator: "[mask]" and "a | b" were the commonest
+# degenerate queries; the decoder cannot write them at all (JSON-schema ``pattern``, which
+# llama.cpp, vLLM and OpenAI structured outputs all support)
+QUERY_PATTERN = r"^[^\[\]|]+$"
+
+
+def _str(max_len: int, min_len: int = 1, pattern: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "string", "minLength": min_len, "maxLength": max_len}
+    if pattern:
+        out["pattern"] = pattern
+    return out
+
+
+def _query() -> dict[str, Any]:
+    return _str(QUERY_CHARS, 3, QUERY_PATTERN)
 
 
 def planner_schema() -> dict[str, Any]:
-    return _obj("planner", {"thought": _str(THOUGHT_CHARS), "query": _str(QUERY_CHARS, 3)})
+    return _obj("planner", {"thought": _str(THOUGHT_CHARS, THOUGHT_MIN_CHARS), "query": _query()})
 
 
 def rewriter_schema(n: int = 3) -> dict[str, Any]:
-    return _obj("rewriter", {"queries": {"type": "array", "items": _str(QUERY_CHARS, 3),
+    return _obj("rewriter", {"queries": {"type": "array", "items": _query(),
                                          "minItems": 1, "maxItems": max(1, int(n))}})
 
 
@@ -44,7 +58,7 @@ def observer_schema(decisions: tuple[str, ...] = ("answer", "next", "replan"), n
     For a RAMP question with ``n_blanks`` blanks the reply also holds ``blanks``: exactly one string
     per blank, in order (the answer is read from it, joined with `` | ``), so a small model cannot
     get the number or the separator of the spans wrong."""
-    props: dict[str, Any] = {"thought": _str(THOUGHT_CHARS), "decision": {"type": "string", "enum": list(decisions)},
+    props: dict[str, Any] = {"thought": _str(THOUGHT_CHARS, THOUGHT_MIN_CHARS), "decision": {"type": "string", "enum": list(decisions)},
                              "text": _str(TEXT_CHARS, 0)}
     if n_blanks > 0:
         props["blanks"] = {"type": "array", "items": _str(BLANK_CHARS, 0), "minItems": int(n_blanks),

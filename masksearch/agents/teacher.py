@@ -27,7 +27,8 @@ from typing import Any, Callable, Sequence
 
 from masksearch.agents import prompts, schemas
 from masksearch.agents.quality import blank_contexts, count_blanks, degenerate_query
-from masksearch.protocol import MAX_REPLY_CHARS, join_answers, last_tag, message_text
+from masksearch.protocol import MAX_REPLY_CHARS, join_answers, last_tag, message_text, split_answer
+from masksearch.scoring import span_in_text
 from masksearch.utils.scrub import scrub
 
 ROLES = ("planner", "rewriter", "observer", "judge")
@@ -59,6 +60,7 @@ def _too_long(text: str) -> bool:
     return len(text) > MAX_REPLY_CHARS
 
 
+_ALNUM = re.compile(r"[^\W_]", re.U)
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|q\d*:|query\s*\d*:)\s*", re.I)
 
 
@@ -211,7 +213,7 @@ def observer_from_json(data: dict[str, Any]) -> RoleOutput:
     blanks = data.get("blanks")
     if kind == "answer" and isinstance(blanks, list) and blanks:
         spans = [" ".join(str(b).split()) for b in blanks]
-        if not all(spans):
+        if not all(_ALNUM.search(sp) for sp in spans):  # "", " | ", "-": no span at all
             return RoleOutput("malformed", think=think, reason="empty_blank")
         text = join_answers(spans)
     if kind not in ("answer", "next", "replan"):
@@ -219,6 +221,22 @@ def observer_from_json(data: dict[str, Any]) -> RoleOutput:
     if not text and kind != "replan":
         return RoleOutput("malformed", think=think, reason=f"empty_{kind}")
     return RoleOutput(kind, think=think, text=text[:300])
+
+
+def check_grounded(question: str, information: str) -> Callable[[RoleOutput], str | None]:
+    """For a RAMP question, an observer answer must be copied from the documents it was shown: each
+    span (``a | b``) must occur in ``information`` on word boundaries.  Read from what the observer
+    saw only (never the gold); an ungrounded answer is a malformed reply, retried once with the
+    reason, so a small model that guessed gets one chance to copy or to search again."""
+    query_check = check_query(question)
+
+    def check(out: RoleOutput) -> str | None:
+        why = query_check(out)
+        if why or out.kind != "answer" or not count_blanks(question):
+            return why
+        missing = [sp for sp in split_answer(out.text) if not span_in_text(information, sp)]
+        return "ungrounded_answer" if missing else None
+    return check
 
 
 def check_query(question: str) -> Callable[[RoleOutput], str | None]:
@@ -280,6 +298,8 @@ async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable
         note = prompts.RETRY_NOTE.format(reason=out.reason)
         if out.reason == "json_cut":
             note = "Your reply was cut by the length limit. Reply again, shorter."
+        if out.reason == "ungrounded_answer":
+            note = prompts.UNGROUNDED_NOTE
         if (out.reason or "").startswith("degenerate_query:"):
             note = (f"That query is not usable: {prompts.DEGENERATE_NOTE.get(out.reason.split(':', 1)[1], out.reason)}. "
                     + prompts.QUERY_RULES + " Reply again.")
@@ -318,4 +338,4 @@ async def observe(model: Any, question: str, thoughts: Sequence[str], sub_query:
     return await call_role(model, "observer",
                            observer_messages(question, thoughts, sub_query, information, turn, max_turns, mode),
                            parse_observer, retries, schema=schemas.observer_schema(decisions, count_blanks(question)),
-                           from_json=observer_from_json, validate=check_query(question))
+                           from_json=observer_from_json, validate=check_grounded(question, information))
