@@ -188,6 +188,22 @@ def test_real_server_structured_role_outputs(qwen_server):
     assert obs.output.kind == "answer" and "paris" in obs.output.text.lower()
 
 
+def test_real_server_cannot_write_a_blank_or_separator_into_a_query(qwen_server):
+    """The planner schema's ``pattern`` is enforced by llama.cpp's constrained decoder: told to
+    search for ``Eiffel [mask] | Paris``, the model can only write a query without ``[``, ``]``, ``|``."""
+    import re
+
+    from masksearch.agents import schemas
+    from masksearch.models import make_chat_model
+
+    qwen = make_chat_model(QWEN_SPEC, **QWEN_SERVER, temperature=0, max_tokens=100)
+    sch = schemas.planner_schema()
+    msgs = [("system", "You are the Planner. Reply with a thought and a query."),
+            ("human", "Question: The [mask] Tower is in Paris | France. Write the query exactly as 'Eiffel [mask] | Paris'.")]
+    out = asyncio.run(qwen.with_structured_output(sch, method="json_schema", strict=True).ainvoke(msgs))
+    assert re.match(sch["properties"]["query"]["pattern"], out["query"]) and len(out["thought"]) >= 20
+
+
 @pytest.mark.slow
 def test_busy_server_is_slow_not_unreachable(qwen_server):
     """All 4 slots busy with long replies: a queued request waits (seconds), it is not 'unreachable'."""
