@@ -180,3 +180,19 @@ def test_stage_lock_is_exclusive_and_taken_over_from_a_dead_owner(tmp_path):
     lock.write_text(dead.stdout.strip())  # a lock left by a process that is gone
     with _Lock(lock, poll=0.05):
         assert lock.read_text() == str(__import__("os").getpid())
+
+
+def test_the_in_domain_benchmark_can_take_more_questions(tmp_path):
+    """``eval_limit_in_domain`` (the ablation's ``--limit-in-domain``): the downstream pool's
+    benchmark gets its own question count, every other benchmark ``eval_limit``."""
+    files = {"hotpotqa": "h.jsonl", "musique": "m.jsonl", "2wiki": "w.jsonl"}
+    pipe = Pipeline(PipelineConfig(out=str(tmp_path), eval_limit=20, eval_limit_in_domain=50))
+    assert pipe.eval_limits(files) == {"hotpotqa": 50, "musique": 20, "2wiki": 20}
+    same = Pipeline(PipelineConfig(out=str(tmp_path / "b"), eval_limit=20))
+    assert set(same.eval_limits(files).values()) == {20}
+    from masksearch.pipelines.ablation import ablation_config
+
+    cfg = ablation_config(str(tmp_path / "c"), 10, eval_limit=5, eval_limit_in_domain=30)
+    assert (cfg.eval_limit, cfg.eval_limit_in_domain) == (5, 30)
+    grpo = cfg.stage("ramp-downstream-grpo")  # DAPO dynamic sampling, and a cache that is the stage's own
+    assert grpo.options["dynamic_sampling"] == "true" and grpo.options["search_cache"].endswith("search_cache.grpo.sqlite")
