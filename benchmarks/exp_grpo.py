@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from masksearch.paths import home, shared_corpus
     from masksearch.protocol import ensure_student_template
     from masksearch.retrieval import build_index, make_retriever
-    from masksearch.training.grpo import GRPOScriptArguments, RolloutSettings, parse_args, resolve_model_path, run_grpo
+    from masksearch.training.grpo import RolloutSettings, parse_args, resolve_model_path, run_grpo
 
     t_start = time.perf_counter()
     torch.manual_seed(0)
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     n_total = args.train + args.heldout
     generate_ramp(str(shared_corpus()), ramp, n=n_total, strategy="rules", max_masks=1, seed=7, progress=False)
     examples = load_qa(ramp, limit=n_total)
-    train, held = examples[: args.train], examples[args.train:]
-    print(f"RAMP: {len(train)} training / {len(held)} held-out 1-mask questions; model {spec}", flush=True)
+    train_qs, held = examples[: args.train], examples[args.train:]
+    print(f"RAMP: {len(train_qs)} training / {len(held)} held-out 1-mask questions; model {spec}", flush=True)
 
     settings = RolloutSettings(k=3, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens, info_max_tokens=160,
                                max_completion_tokens=args.max_completion_length)
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "--dynamic_sampling", str(dynamic).lower(), "--max_resample_rounds", str(args.max_resample_rounds),
         ])
         t0 = time.perf_counter()
-        summary = run_grpo(script, targs, margs, retriever=retriever, examples=train, model=model, tokenizer=tok)
+        summary = run_grpo(script, targs, margs, retriever=retriever, examples=train_qs, model=model, tokenizer=tok)
         summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
         summary["rows"] = [json.loads(line) for line in open(summary["log"])]
         return summary
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     after = evaluate(trained, tok, retriever, held, settings) if held else None
     print("after:", json.dumps(after), flush=True)
     result = {
-        "model": spec, "steps": summary["steps"], "train_questions": len(train), "heldout": len(held),
+        "model": spec, "steps": summary["steps"], "train_questions": len(train_qs), "heldout": len(held),
         "completions_per_step": args.batch, "num_generations": args.num_generations, "loss_type": args.loss_type,
         "lr": args.lr, "train_seconds": round(train_s, 1), "rollout_seconds": summary["rollout_seconds"],
         "dynamic_sampling": args.dynamic_sampling,
