@@ -36,6 +36,11 @@ PROMPT_ECHOES = (
 _ALNUM = re.compile(r"[^\W_]", re.U)
 
 
+def has_letters_or_digits(text: str) -> bool:
+    """Whether ``text`` holds any letter or digit (``" | "``, ``"-"`` and ``""`` do not)."""
+    return bool(_ALNUM.search(text or ""))
+
+
 def _words(text: str) -> list[str]:
     return normalize(text.replace(MASK, " ").replace("[MASK]", " "), punctuation_as_space=True).split()
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from masksearch.agents import prompts, schemas
-from masksearch.agents.quality import blank_contexts, count_blanks, degenerate_query
+from masksearch.agents.quality import blank_contexts, count_blanks, degenerate_query, has_letters_or_digits
 from masksearch.protocol import MAX_REPLY_CHARS, join_answers, last_tag, message_text, split_answer
 from masksearch.scoring import span_in_text
 from masksearch.utils.scrub import scrub
@@ -60,7 +60,6 @@ def _too_long(text: str) -> bool:
     return len(text) > MAX_REPLY_CHARS
 
 
-_ALNUM = re.compile(r"[^\W_]", re.U)
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|q\d*:|query\s*\d*:)\s*", re.I)
 
 
@@ -213,7 +212,7 @@ def observer_from_json(data: dict[str, Any]) -> RoleOutput:
     blanks = data.get("blanks")
     if kind == "answer" and isinstance(blanks, list) and blanks:
         spans = [" ".join(str(b).split()) for b in blanks]
-        if not all(_ALNUM.search(sp) for sp in spans):  # "", " | ", "-": no span at all
+        if not all(has_letters_or_digits(sp) for sp in spans):  # "", " | ", "-": no span at all
             return RoleOutput("malformed", think=think, reason="empty_blank")
         text = join_answers(spans)
     if kind not in ("answer", "next", "replan"):
