@@ -4,7 +4,6 @@ local DuckDuckGo stand-in, and the CLI.  Everything on 127.0.0.1; nothing reache
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +15,7 @@ import pytest
 from langchain_core.documents import Document
 
 from masksearch.errors import EndpointError
+from masksearch.utils.net import free_port
 from masksearch.retrieval import SearchError, build_index, make_retriever
 from masksearch.retrieval.hybrid import HybridRetriever, rrf_fuse
 from masksearch.retrieval.server import serve_in_thread
@@ -40,12 +40,6 @@ def bm25(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("b") / "bm25"
     build_index(str(corpus), kind="bm25", out=str(out), progress=False)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- hybrid

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langgraph.checkpoint.memory import InMemorySaver
 
 from masksearch.graphs import resources
+from masksearch.utils.net import free_port
 from masksearch.graphs.rag import RagContext, build_rag_graph
 from masksearch.graphs.student import StudentContext, build_student_graph
 from masksearch.graphs.teacher import TeacherContext, build_teacher_graph
@@ -218,11 +218,6 @@ async def test_student_time_travel_forks_from_an_earlier_checkpoint():
 
 
 # ------------------------------------------------------------------------------ the real server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def studio_server(tmp_path_factory):
@@ -235,7 +230,7 @@ def studio_server(tmp_path_factory):
     cfg = json.loads((ROOT / "langgraph.json").read_text())
     cfg["dependencies"] = [str(ROOT)]
     (work / "langgraph.json").write_text(json.dumps(cfg))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false", "LANGCHAIN_TRACING_V2": "false"}
     env.pop("LANGSMITH_API_KEY", None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from masksearch.errors import MaskSearchError
+from masksearch.utils.net import free_port
 
 DEFAULT_PARALLEL = 4
 DEFAULT_CTX_PER_SLOT = 4096
@@ -39,12 +39,6 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def serve(model: str | os.PathLike, *, port: int = 8080, host: str = "127.0.0.1",

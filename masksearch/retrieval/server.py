@@ -254,14 +254,13 @@ def serve_in_thread(retriever: Any, host: str = "127.0.0.1", port: int | None = 
     """The retrieval server in a background thread of this process (a notebook, a test, a driver
     script): yields its base URL once it accepts connections, stops it on exit.  ``port=None``
     picks a free one; ``options`` go to :func:`make_server` / :func:`create_app`."""
-    import socket
     import threading
     import time
 
+    from masksearch.utils.net import free_port
+
     if port is None:
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            port = sock.getsockname()[1]
+        port = free_port(host)
     srv = make_server(retriever, host=host, port=port, log_level=log_level, **options)
     thread = threading.Thread(target=srv.run, name=f"retrieval-server-{port}", daemon=True)
     thread.start()
