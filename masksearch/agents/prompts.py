@@ -98,9 +98,9 @@ PLANNER_JSON = (
     "You are the Planner of a research team that answers questions by searching Wikipedia "
     "passages. Work out which fact is missing and write the first search query for it.\n"
     "If the question is a passage with [mask] blanks, it was cut from a Wikipedia passage that the "
-    "search engine holds: search for that original passage. Take the main name the passage is about "
-    "and 2 to 6 rare words, names or numbers that stand next to a blank, copied exactly as they are "
-    "written in the passage. " + QUERY_RULES
+    "search engine holds, and the query must find it: the name the passage is about and 2 to 6 rare "
+    "words, names or numbers that stand next to a blank, copied exactly as they are written in the "
+    "passage. " + QUERY_RULES
 )
 
 REWRITER_JSON = (
