@@ -404,12 +404,19 @@ class Pipeline:
         for k, v in stage.options.items():
             argv += [f"--{k}", str(v)]
         script, training_args, model_args = parse_args(argv)
+        from masksearch.retrieval.cache import cache_stats
+
+        before = cache_stats()  # the counters are per process: report this stage's share only
         rep = run_grpo(script, training_args, model_args)
         rep.pop("trainer", None)
-        if script.search_cache:  # hit rate and time saved over this run's rollouts
-            from masksearch.retrieval.cache import cache_stats
-
-            rep["search_cache"] = cache_stats()
+        if script.search_cache:  # hit rate over this run's rollouts
+            rep["search_cache"] = {}
+            for path, now in cache_stats().items():
+                was = before.get(path, {})
+                d = {k: now.get(k, 0) - was.get(k, 0) for k in ("lookups", "hits", "misses")}
+                if d["lookups"]:
+                    d["hit_rate"] = round(d["hits"] / d["lookups"], 4)
+                    rep["search_cache"][path] = d
         return rep
 
     # --- evaluation
