@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-turns", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per policy turn (greedy at evaluation)")
     ap.add_argument("--info-max-tokens", type=int, default=192, help="budget of one <information> block")
+    ap.add_argument("--force-answer", action="store_true",
+                    help="evaluate the agent rows with budget forcing (a run still searching after the final-answer "
+                         "request answers from a written <answer>) into OUT/eval-forced, report in OUT/report-forced; "
+                         "the trained stages are shared with the plain evaluation")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--n-boot", type=int, default=10000)
     ap.add_argument("--report-only", action="store_true", help="rescore the stored predictions; run nothing")
@@ -101,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
                      eval_limit=args.limit, eval_limit_in_domain=args.limit_in_domain, ramp_n=args.ramp_n, eval_n=args.eval_n,
                      sft_step_seconds=args.sft_step_seconds, concurrency=args.concurrency, k=args.k,
                      max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
-                     info_max_tokens=args.info_max_tokens,
+                     info_max_tokens=args.info_max_tokens, force_answer=args.force_answer,
                      **({"rows": [r.strip() for r in args.rows.split(",") if r.strip()]} if args.rows else {}))
-    rep = ablation_report(args.out, n_boot=args.n_boot)
+    rep = ablation_report(args.out, n_boot=args.n_boot, force_answer=args.force_answer)
     for f in rep.get("files", []):
         print(f"[ablation] wrote {f}", flush=True)
-    print((Path(args.out) / "report" / "table.md").read_text(), flush=True)
+    print((Path(args.out) / ("report-forced" if args.force_answer else "report") / "table.md").read_text(), flush=True)
     line = {"rows": rep["rows"], "diffs": {k: {"mean": v["mean"], "ci95": v["ci95"],
                                                "hotpotqa": v["per_benchmark"].get("hotpotqa")}
                                            for k, v in rep["diffs"].items()},
@@ -114,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           for k, d in v["diffs"].items()}}
                         for m, v in rep["metrics"].items()},
             "n_questions": rep["n_questions"], "missing_rows": rep["missing_rows"],
+            "force_answer": args.force_answer, "outcomes_hotpotqa": rep.get("outcomes_hotpotqa"),
             "plan": rep.get("plan"), "wall_s": round(time.perf_counter() - t0, 1)}
     print(json.dumps(line), flush=True)
     return 0

@@ -196,3 +196,32 @@ def test_the_in_domain_benchmark_can_take_more_questions(tmp_path):
     assert (cfg.eval_limit, cfg.eval_limit_in_domain) == (5, 30)
     grpo = cfg.stage("ramp-downstream-grpo")  # DAPO dynamic sampling, and a cache that is the stage's own
     assert grpo.options["dynamic_sampling"] == "true" and grpo.options["search_cache"].endswith("search_cache.grpo.sqlite")
+
+
+def test_force_answer_evaluates_the_agent_rows_beside_the_plain_ones(tmp_path):
+    """``force_answer`` gives the agent rows their own folder (``eval-forced``), RAG-PE keeps its
+    one, and the forced report reads the forced rows and counts how runs ended."""
+    from masksearch.pipelines.ablation import ablation_config, ablation_report
+    from masksearch.trajectory import Trajectory
+
+    forced = Pipeline(ablation_config(str(tmp_path), 10, force_answer=True))
+    plain = Pipeline(ablation_config(str(tmp_path), 10))
+    assert forced.eval_out("downstream-sft") == tmp_path / "eval-forced" / "downstream-sft"
+    assert forced.eval_out("rag-pe") == plain.eval_out("rag-pe") == tmp_path / "eval" / "rag-pe"
+    assert plain.eval_out("downstream-sft") == tmp_path / "eval" / "downstream-sft"
+    _write_preds(tmp_path, "rag-pe", "hotpotqa", {"a": "Paris", "b": "Rome"})
+    _write_preds(tmp_path, "downstream-sft", "hotpotqa", {"a": "Rome", "b": "Rome"})
+    (tmp_path / "eval-forced" / "downstream-sft" / "hotpotqa").mkdir(parents=True)
+    with open(tmp_path / "eval-forced" / "downstream-sft" / "hotpotqa" / "predictions.jsonl", "w") as f:
+        for qid, meta in (("a", {"forced_answer": True}), ("b", {})):
+            t = Trajectory(id=qid, question="q?", golden_answers=["Paris"], answer="Paris", status="answered",
+                           metadata=meta)
+            f.write(json.dumps({"id": qid, "prediction": "Paris", "golden_answers": ["Paris"], "status": "answered",
+                                "num_searches": 2, "trajectory": t.to_dict()}) + "\n")
+    rep_plain = ablation_report(tmp_path, n_boot=50)
+    rep = ablation_report(tmp_path, n_boot=50, force_answer=True)
+    assert rep_plain["rows"]["downstream-sft"]["hotpotqa"] == 0.0
+    assert rep["rows"]["downstream-sft"]["hotpotqa"] == 100.0 and rep["rows"]["rag-pe"]["hotpotqa"] == 50.0
+    assert rep["outcomes_hotpotqa"]["downstream-sft"] == {"n": 2, "status": {"forced": 1, "answered": 1},
+                                                          "searches": 2.0}
+    assert (tmp_path / "report-forced" / "table.md").exists() and "forced" in (tmp_path / "report-forced" / "table.md").read_text()

@@ -138,3 +138,32 @@ def test_batch_keeps_each_run_separate(tok):
     for t, ex in zip(trajs, exs):
         assert ex.question in tok.decode(t.prompt_ids)
         assert all(m == 1 for m in t.completion_mask)
+
+
+def test_force_answer_continues_the_final_turn_from_a_written_answer_tag(tok):
+    # max_turns 2: two searches, the final-answer request, a third search (declined), then the turn
+    # again from "<answer>": the model's own words enter with mask 1, the forced tag with mask 0
+    search = "<think> more </think>\n<search> capital of France </search>"
+    model = ScriptedTokenModel(tok, [search, search, search, " Paris </answer>"])
+    ctx = StudentContext(model=model, retriever=TinyRetriever(), k=2, max_turns=2, force_answer=True)
+    traj = run_student(EX, ctx)
+    assert traj.status == "answered" and traj.answer == "Paris", traj.reason
+    assert traj.metadata["forced_answer"] is True and "forced" in traj.reason
+    assert len(model.inputs) == 4
+    forced = tok("<answer>", add_special_tokens=False)["input_ids"]
+    assert model.inputs[3][-len(forced):] == forced
+    # the declined third search is not in the stream: the forced turn continues the stream after
+    # the final-answer request
+    assert model.inputs[3] == model.inputs[2] + forced
+    n_before = len(model.inputs[2]) - len(traj.prompt_ids)
+    assert traj.completion_mask[n_before:n_before + len(forced)] == [0] * len(forced)
+    assert all(traj.completion_mask[n_before + len(forced):])
+    assert len(traj.completion_mask) == len(traj.completion_ids) == len(traj.completion_logprobs)
+    full = tok.decode(traj.prompt_ids + traj.completion_ids)
+    assert full + "<|im_end|>\n" == _template_text(tok, traj)
+    assert traj.final_raw == "<answer> Paris </answer>"
+    assert any(c.get("declined") == search for c in traj.llm_calls)
+    # without it the same script ends at the turn cap
+    plain = run_student(EX, StudentContext(model=ScriptedTokenModel(tok, [search, search, search, " Paris </answer>"]),
+                                           retriever=TinyRetriever(), k=2, max_turns=2))
+    assert plain.status == "turn_cap" and plain.answer is None and "forced_answer" not in plain.metadata

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-turns", type=int, default=4, help="agent/teacher: search turns at most")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per model call")
     p.add_argument("--info-max-tokens", type=int, default=None, help="token budget of the retrieved documents shown per search")
+    p.add_argument("--force-answer", action="store_true",
+                   help="agent with a local model: a run that still searches after the final-answer request "
+                        "answers from a written <answer> (budget forcing; counted as forced_answer)")
     p.add_argument("--judge", default=None, help="also grade with an LLM judge: a model spec")
     p.add_argument("--label", default=None, help="the row name in reports (default: 'METHOD (MODEL)')")
     p.add_argument("--no-resume", action="store_true", help="start over instead of skipping finished questions")
@@ -72,6 +75,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra["max_new_tokens"] = args.max_new_tokens
     if args.info_max_tokens:
         extra["info_max_tokens"] = args.info_max_tokens
+    if args.force_answer:
+        extra["force_answer"] = True
     from masksearch.retrieval import cache as search_cache
 
     res = run_eval(args.method, model=args.model, retriever=search_cache.cli_spec(args), benchmarks=benches, data=args.data,

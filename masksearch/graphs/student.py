@@ -4,7 +4,9 @@
 ``search`` runs the queries through the configured retriever and appends an
 ``<information>…</information>`` observation; the loop ends at an answer.  After ``max_turns``
 environment replies the observation also asks once for the final answer, and a reply that still
-does not answer ends the run with status ``turn_cap``.  A malformed reply gets one short
+does not answer ends the run with status ``turn_cap``; with ``force_answer`` (token models) that reply
+is set aside and the turn is generated again from a written ``<answer>`` (budget forcing: the run
+is scored on what the model answers at its budget, recorded as ``metadata["forced_answer"]``).  A malformed reply gets one short
 correction; a second ends the run with status ``malformed``.  A failed search becomes an
 observation saying so.  The same graph serves inference, evaluation (the untrained embedded model
 here *is* the Agent-PE baseline) and GRPO rollouts.
@@ -50,7 +52,7 @@ from masksearch.agents.student import (
 from masksearch.data.qa import QAExample
 from masksearch.errors import MaskSearchError
 from masksearch.graphs.resources import DEFAULT_MODEL, SHARED_BM25, aresolve_model, aresolve_retriever
-from masksearch.protocol import STUDENT_SYSTEM_PROMPT, information_block, parse_action
+from masksearch.protocol import ANSWER, STUDENT_SYSTEM_PROMPT, information_block, parse_action
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
 from masksearch.utils.aio import run_sync
 
@@ -81,6 +83,7 @@ class StudentContext:
     top_p: float = 1.0
     info_max_tokens: int = 400
     max_completion_tokens: int | None = None
+    force_answer: bool = False  # at the turn cap, continue a non-answer from "<answer>" (token models)
     system_prompt: str | None = STUDENT_SYSTEM_PROMPT
     name: str | None = None  # provenance name of the student; default: the model's spec
     round: int | None = None  # self-evolving distillation round, recorded in provenance
@@ -135,6 +138,7 @@ class StudentState(TypedDict, total=False):
     answer: str | None
     final_raw: str
     final_thought: str
+    forced_answer: bool
     status: str
     reason: str
     prompt_ids: list[int] | None
@@ -217,6 +221,8 @@ async def _policy_turn(state: StudentState, ctx: StudentContext) -> dict[str, An
         if action.trailing:
             update["reason"] = "text after </answer>"
         return update
+    if final and ctx.force_answer and is_token_model(ctx.model):
+        return await _forced_answer(state, ctx, update, out.text)
     if final:
         update.update(status="turn_cap", final_raw=out.text, final_thought=action.think,
                       reason=f"no answer after the final-answer request ({action.reason or action.kind})",
@@ -247,6 +253,39 @@ async def _policy_turn(state: StudentState, ctx: StudentContext) -> dict[str, An
     if not fits:
         update.update(status="length", reason="max_completion_tokens reached")
         return update
+    return update
+
+
+async def _forced_answer(state: StudentState, ctx: StudentContext, update: dict[str, Any],
+                         declined: str) -> dict[str, Any]:
+    """The final turn again, continued from a written ``<answer>``: the declined reply leaves the
+    token stream (it stays in ``llm_calls``); the forced prefix enters it with mask 0 and the
+    model's answer tokens with mask 1, so a GRPO rollout never trains on words it did not choose."""
+    tok = ctx.model.tokenizer
+    prefix = f"<{ANSWER}>"
+    forced = encode(tok, prefix)
+    base = state["completion_ids"]
+    left = None if ctx.max_completion_tokens is None else ctx.max_completion_tokens - len(base) - len(forced)
+    if left is not None and left <= 0:
+        return {"status": "length", "reason": "max_completion_tokens reached", "llm_calls": update["llm_calls"]}
+    max_new = ctx.max_new_tokens if left is None else min(ctx.max_new_tokens, left)
+    out = await apolicy_ids(ctx.model, state["prompt_ids"] + base + forced, max_new_tokens=max_new,
+                            temperature=ctx.temperature, top_p=ctx.top_p)
+    text = prefix + out.text
+    action = parse_action(text)
+    update = {
+        "completion_ids": base + forced + out.token_ids,
+        "completion_mask": state["completion_mask"] + [0] * len(forced) + [1] * len(out.token_ids),
+        "completion_logprobs": state["completion_logprobs"] + [0.0] * len(forced) + out.logprobs,
+        "llm_calls": update["llm_calls"] + [{"node": "policy", "forced_answer": True, "declined": declined,
+                                             "finish_reason": out.finish_reason, "n_tokens": len(out.token_ids)}],
+        "messages": state["messages"] + [{"role": "assistant", "content": text}],
+        "final_raw": text, "final_thought": "", "forced_answer": True,
+    }
+    if action.kind == "answer":
+        update.update(status="answered", answer=action.answer, reason="answer forced at the turn cap")
+    else:
+        update.update(status="turn_cap", reason=f"no answer after the forced answer ({action.reason or action.kind})")
     return update
 
 
@@ -373,7 +412,9 @@ def trajectory_from_state(example: QAExample, context: StudentContext, state: di
         s = dict(s)
         s["documents"] = [Document(**d) for d in s.get("documents", [])]
         steps.append(Step(**s))
-    meta = {"answer_match": example.answer_match}
+    meta: dict[str, Any] = {"answer_match": example.answer_match}
+    if state.get("forced_answer"):
+        meta["forced_answer"] = True
     if example.mask_count is not None:
         meta["mask_count"] = example.mask_count
     status = state.get("status") or "error"

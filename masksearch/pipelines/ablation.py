@@ -15,6 +15,7 @@ questions and puts a paired-bootstrap 95 % interval on each difference.
 from __future__ import annotations
 
 import json
+from collections import Counter
 import math
 import os
 import time
@@ -145,13 +146,22 @@ def _scored(pred_file: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def row_folder(root: str | os.PathLike, row: str, force_answer: bool = False) -> Path:
+    """Where a row's evaluation lives (the ablation's side of :meth:`Pipeline.eval_out`)."""
+    from masksearch.pipelines.two_stage import EVAL_FORCED
+
+    forced = force_answer and ROW_SOURCES.get(row, ("agent",))[0] == "agent"
+    return Path(root) / (EVAL_FORCED if forced else "eval") / row
+
+
 def load_row_scores(root: str | os.PathLike, rows: Sequence[str] = ROWS,
-                    benchmarks: Sequence[str] = BENCH_COLUMNS) -> dict[str, dict[str, dict[str, Any]]]:
-    """row -> benchmark -> id -> scored record, from ``ROOT/eval/<row>/<bench>/predictions.jsonl``."""
+                    benchmarks: Sequence[str] = BENCH_COLUMNS,
+                    force_answer: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+    """row -> benchmark -> id -> scored record, from ``<row folder>/<bench>/predictions.jsonl``."""
     data: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         for b in benchmarks:
-            f = Path(root) / "eval" / row / b / "predictions.jsonl"
+            f = row_folder(root, row, force_answer) / b / "predictions.jsonl"
             if f.exists():
                 scored = _scored(f)
                 if scored:
@@ -165,8 +175,11 @@ def _pct(x: float | None) -> float | None:
 
 def ablation_report(root: str | os.PathLike, out: str | os.PathLike | None = None, *, rows: Sequence[str] = ROWS,
                     benchmarks: Sequence[str] = BENCH_COLUMNS, n_boot: int = 10_000, seed: int = 0,
-                    chart: bool = True) -> dict[str, Any]:
+                    chart: bool = True, force_answer: bool = False) -> dict[str, Any]:
     """Score, pair and tabulate whatever predictions exist under ``root`` (partial runs too).
+
+    ``force_answer``: the evaluation of the agent rows with budget forcing (``eval-forced/``,
+    RAG-PE's row is the same either way); its report goes to ``ROOT/report-forced``.
 
     Per benchmark, every row is scored on the same questions: those that every row with a file for
     that benchmark has answered.  ``diffs["B - A"]`` (adjacent rows A, B) is the paired-bootstrap
@@ -176,9 +189,9 @@ def ablation_report(root: str | os.PathLike, out: str | os.PathLike | None = Non
     from masksearch.eval.report import bar_chart, to_markdown
     from masksearch.eval.stats import paired_bootstrap
 
-    out = Path(out or Path(root) / "report")
+    out = Path(out or Path(root) / ("report-forced" if force_answer else "report"))
     out.mkdir(parents=True, exist_ok=True)
-    data = load_row_scores(root, rows, benchmarks)
+    data = load_row_scores(root, rows, benchmarks, force_answer)
     present = [r for r in rows if r in data]
     common: dict[str, list[str]] = {}
     for b in benchmarks:
@@ -221,7 +234,9 @@ def ablation_report(root: str | os.PathLike, out: str | os.PathLike | None = Non
                 entry["per_benchmark"] = per
                 diffs[m][key] = entry
     n_questions = {b: len(ids) for b, ids in common.items()}
-    md = _markdown(table, diffs, n_questions, present, benchmarks, to_markdown)
+    outcomes = {r: run_outcomes([data[r]["hotpotqa"][i]["record"] for i in common.get("hotpotqa") or []])
+                for r in present if "hotpotqa" in data[r]}
+    md = _markdown(table, diffs, n_questions, present, benchmarks, to_markdown, outcomes)
     (out / "table.md").write_text(md, encoding="utf-8")
     files = [str(out / "table.md")]
     if chart and present:
@@ -237,11 +252,13 @@ def ablation_report(root: str | os.PathLike, out: str | os.PathLike | None = Non
         "diffs": diffs["token_recall"],
         "metrics": {m: {"rows": {r: table[m][r] for r in present}, "diffs": diffs[m]} for m in ("em", "f1")},
         "n_questions": n_questions,
+        "outcomes_hotpotqa": outcomes,
         "missing_rows": [r for r in rows if r not in data],
         "n_boot": n_boot,
         "scored_with": "masksearch.eval.metrics.score (at report time, from stored predictions)",
     }
-    result["wall_seconds"] = wall_times(root)
+    result["wall_seconds"] = wall_times(root, rows, force_answer)
+    result["force_answer"] = force_answer
     plan_file = Path(root) / PLAN_FILE
     if plan_file.exists():
         result["plan"] = json.loads(plan_file.read_text())
@@ -251,7 +268,7 @@ def ablation_report(root: str | os.PathLike, out: str | os.PathLike | None = Non
     return result
 
 
-def wall_times(root: str | os.PathLike) -> dict[str, Any]:
+def wall_times(root: str | os.PathLike, rows: Sequence[str] = ROWS, force_answer: bool = False) -> dict[str, Any]:
     """Wall seconds of each data step, training stage (with its steps) and evaluated row, read
     from the files each one writes (``done.json``, ``stage.json``, ``results.json``)."""
     root = Path(root)
@@ -262,10 +279,25 @@ def wall_times(root: str | os.PathLike) -> dict[str, Any]:
         rep = json.loads(f.read_text())
         out["stages"][f.parent.name] = rep.get("seconds")
         out["steps"][f.parent.name] = rep.get("steps")
-    for f in sorted(root.glob("eval/*/results.json")):
-        res = json.loads(f.read_text())
-        out["evals"][f.parent.name] = res.get("wall_s_total") or res.get("wall_s")
+    for row in rows:
+        f = row_folder(root, row, force_answer) / "results.json"
+        if f.exists():
+            res = json.loads(f.read_text())
+            out["evals"][row] = res.get("wall_s_total") or res.get("wall_s")
     return out
+
+
+def run_outcomes(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How the runs ended: status counts (a forced answer counted as ``forced``, not
+    ``answered``) and mean searches per question."""
+    counts: Counter = Counter()
+    for rec in records:
+        meta = (rec.get("trajectory") or {}).get("metadata") or {}
+        st = rec.get("status") or "?"
+        counts["forced" if st == "answered" and meta.get("forced_answer") else st] += 1
+    n = len(records)
+    return {"n": n, "status": dict(counts),
+            "searches": round(sum(r.get("num_searches") or 0 for r in records) / n, 2) if n else None}
 
 
 def _diff_pct(bs: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +306,7 @@ def _diff_pct(bs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _markdown(table: dict, diffs: dict, n_questions: dict, present: list[str], benchmarks: Sequence[str],
-              to_markdown: Any) -> str:
+              to_markdown: Any, outcomes: dict[str, dict[str, Any]] | None = None) -> str:
     cols = list(benchmarks) + ["avg"]
     names = {"token_recall": "Token recall", "em": "Exact match", "f1": "F1"}
     parts = ["Questions per benchmark (the same for every row): "
@@ -291,6 +323,15 @@ def _markdown(table: dict, diffs: dict, n_questions: dict, present: list[str], b
                 hs = f"{h['mean']:+.1f} [{h['ci95'][0]:+.1f}, {h['ci95'][1]:+.1f}]" if h else "–"
                 parts.append(f"| {k} | {d['mean']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}] | {hs} |")
             parts.append("")
+    if outcomes:
+        parts += ["How the in-domain runs ended (answered / forced at the turn cap / turn cap / malformed / "
+                  "other; mean searches):", "", "| row | answered | forced | turn cap | malformed | other | searches |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r, o in outcomes.items():
+            st = dict(o["status"])
+            main = [st.pop(k, 0) for k in ("answered", "forced", "turn_cap", "malformed")]
+            parts.append(f"| {r} | " + " | ".join(str(x) for x in main) + f" | {sum(st.values())} | {o['searches']} |")
+        parts.append("")
     return "\n".join(parts) + "\n"
 
 

@@ -40,6 +40,7 @@ from masksearch.errors import MaskSearchError
 
 STAGE_REPORT = "stage.json"
 EVAL_DONE = "eval_done.json"
+EVAL_FORCED = "eval-forced"  # the agent rows' folder under force_answer (Pipeline.eval_out)
 DATA_KINDS = ("ramp", "downstream")
 
 
@@ -90,6 +91,7 @@ class PipelineConfig:
     max_turns: int = 3
     max_new_tokens: int = 96
     info_max_tokens: int = 256
+    force_answer: bool = False             # evaluated agent rows: budget forcing at the turn cap
     seed: int = 0
     # RAMP data (stage 1)
     ramp_n: int = 300
@@ -437,7 +439,7 @@ class Pipeline:
     def run_eval_row(self, name: str, benchmarks: Sequence[str] | None = None) -> dict[str, Any]:
         """Evaluate one row (resumable per question); ``benchmarks`` limits this pass to some
         columns (the row is marked done only after a pass over all of them)."""
-        if (self.path("eval", name) / EVAL_DONE).exists():
+        if (self.eval_out(name) / EVAL_DONE).exists():
             return self._run_eval_row(name, benchmarks)
         ev = next((e for e in self.cfg.evals if e.name == name), None)
         if ev is not None and ev.model != "base":
@@ -451,7 +453,7 @@ class Pipeline:
         ev = next((e for e in self.cfg.evals if e.name == name), None)
         if ev is None:
             raise PipelineError(f"no eval named {name!r}")
-        out = self.path("eval", name)
+        out = self.eval_out(name)
         if (out / EVAL_DONE).exists():
             _log(f"eval {name}: done already (skipped)")
             return json.loads((out / EVAL_DONE).read_text())
@@ -473,15 +475,24 @@ class Pipeline:
             res = run_eval(ev.method, model, self.retriever_spec(), data=[f for b, f in files.items() if limits[b] == lim],
                            limit=lim, concurrency=self.cfg.concurrency, out_dir=str(out), k=self.cfg.k,
                            max_turns=self.cfg.max_turns, label=ev.label or name, max_new_tokens=self.cfg.max_new_tokens,
-                           info_max_tokens=self.cfg.info_max_tokens, progress=False)
+                           info_max_tokens=self.cfg.info_max_tokens, progress=False,
+                           **({"force_answer": True} if out.parent.name == EVAL_FORCED else {}))
         failed = sum((b.get("failed") or 0) for b in res.get("benchmarks", {}).values())
         info = {"name": name, "method": ev.method, "model": model, "files": files, "out": str(out),
                 "seconds": round(time.perf_counter() - t0, 1), "failed": failed}
         if not failed and not partial:  # a rerun retries failed questions
             (out / EVAL_DONE).write_text(json.dumps(info, indent=2))
-        self._record("evals", name, info)
+        self._record("evals", f"{out.parent.name}/{name}" if out.parent.name != "eval" else name, info)
         gc.collect()
         return info
+
+    def eval_out(self, name: str) -> Path:
+        """The folder of an evaluated row: ``eval/<name>``, or ``eval-forced/<name>`` for an agent
+        row under ``force_answer`` (a setting that changes a row's scores gets its own folder, so
+        both evaluations of the same checkpoints stay side by side)."""
+        ev = next((e for e in self.cfg.evals if e.name == name), None)
+        forced = self.cfg.force_answer and ev is not None and ev.method == "agent"
+        return self.path(EVAL_FORCED if forced else "eval", name)
 
     def eval_limits(self, files: dict[str, str]) -> dict[str, int]:
         """Questions per benchmark: ``eval_limit``, or ``eval_limit_in_domain`` for the downstream pool's."""
