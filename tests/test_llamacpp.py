@@ -198,10 +198,20 @@ def test_real_server_cannot_write_a_blank_or_separator_into_a_query(qwen_server)
 
     qwen = make_chat_model(QWEN_SPEC, **QWEN_SERVER, temperature=0, max_tokens=100)
     sch = schemas.planner_schema()
-    msgs = [("system", "You are the Planner. Reply with a thought and a query."),
-            ("human", "Question: The [mask] Tower is in Paris | France. Write the query exactly as 'Eiffel [mask] | Paris'.")]
-    out = asyncio.run(qwen.with_structured_output(sch, method="json_schema", strict=True).ainvoke(msgs))
+    blank = [("system", "You are the Planner. Reply with a thought and a query."),
+             ("human", "Question: The [mask] Tower is in Paris | France. Write the query exactly as 'Eiffel [mask] | Paris'.")]
+    # and the length bound inside the pattern holds: told to copy a long sentence, the query stops
+    long = [("system", "You are the Planner. Reply with a thought and a query."),
+            ("human", "Write as the query, word for word, this whole sentence: " + "the quick brown fox jumps "
+             "over the lazy dog while the slow red hen walks around the old green barn near the river bank " * 2)]
+
+    async def both():  # one event loop: the async client belongs to the loop it first ran in
+        runnable = qwen.with_structured_output(sch, method="json_schema", strict=True)
+        return await runnable.ainvoke(blank), await runnable.ainvoke(long)
+
+    out, copied = asyncio.run(both())
     assert re.match(sch["properties"]["query"]["pattern"], out["query"]) and len(out["thought"]) >= 20
+    assert 3 <= len(copied["query"]) <= schemas.QUERY_CHARS
 
 
 @pytest.mark.slow

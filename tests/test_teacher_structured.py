@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from masksearch.agents import schemas
@@ -177,3 +179,44 @@ def test_separator_only_blanks_are_no_answer_and_queries_cannot_hold_a_blank():
     assert not pat.match("Smith [mask] 2014") and not pat.match("Robert I | Charles the Simple")
     assert schemas.rewriter_schema(2)["properties"]["queries"]["items"]["pattern"] == pat.pattern
     assert schemas.planner_schema()["properties"]["thought"]["minLength"] >= 20
+    # the length bounds are in the pattern (llama.cpp reads a pattern instead of min/maxLength)
+    assert not pat.match("ab") and not pat.match("x" * (schemas.QUERY_CHARS + 1)) and pat.match("x" * schemas.QUERY_CHARS)
+    text = re.compile(schemas.observer_schema(n_blanks=1)["properties"]["text"]["pattern"])
+    assert text.match("") and text.match("Smith snooker | 2014") and not text.match("Smith [mask] 2014")
+    assert not text.match("x" * (schemas.TEXT_CHARS + 1))
+    # nothing a JSON string cannot hold raw: a pattern admitting '"' let the model end the string
+    # inside it, and llama.cpp answered HTTP 500 (see test_llamacpp's structured-output test)
+    for bad in ('Smith "snooker"', "back\\slash", "new\nline"):
+        assert not pat.match(bad) and not text.match(bad)
+
+
+def test_a_reply_cut_by_the_token_limit_is_json_cut_with_its_text_kept():
+    """The OpenAI client raises on a structured reply cut by ``max_tokens``; the role call records
+    the cut text (what the model was writing) and retries with the length note."""
+    from types import SimpleNamespace
+
+    class LengthFinishReasonError(Exception):  # the OpenAI SDK's name is what call_role matches
+        def __init__(self, content):
+            super().__init__("length limit reached")
+            self.completion = SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=content))])
+
+    class Cutting:
+        structured_output = "json_schema"
+
+        def __init__(self):
+            self.calls = 0
+
+        def with_structured_output(self, schema, **kw):
+            return self
+
+        async def ainvoke(self, msgs, config=None):
+            self.calls += 1
+            if self.calls == 1:
+                raise LengthFinishReasonError('{"thought": "a very long thought that never')
+            return {"raw": '{"thought": "short enough now", "query": "Smith snooker"}',
+                    "parsed": {"thought": "short enough now", "query": "Smith snooker"}}
+
+    model = Cutting()
+    call = asyncio.run(roles.plan(model, "Who is Smith?"))
+    assert call.malformed == ["json_cut"] and call.output.kind == "query" and call.output.text == "Smith snooker"
+    assert call.raw[0].startswith('{"thought": "a very long')

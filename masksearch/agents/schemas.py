@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 THOUGHT_CHARS = 300
-QUERY_CHARS = 120
+QUERY_CHARS = 100
 TEXT_CHARS = 200
 
 
@@ -26,18 +26,30 @@ THOUGHT_MIN_CHARS = 20  # a sentence, not one word ("in", "Robert I": what greed
 # a search query holds no blank and no span separator: "[mask]" and "a | b" were the commonest
 # degenerate queries; the decoder cannot write them at all (JSON-schema ``pattern``, which
 # llama.cpp, vLLM and OpenAI structured outputs all support)
-QUERY_PATTERN = r"^[^\[\]|]+$"
+# A charset is a negated class, so it must also exclude what a JSON string cannot hold raw (``"``,
+# ``\``, control characters): llama.cpp builds the string's grammar from the pattern alone, and a
+# pattern that admits ``"`` lets the model close the string inside the pattern, which the
+# server's output parser then refuses (HTTP 500 "does not match the expected peg-native format").
+_JSON_UNSAFE = r'"\\\x00-\x1f'
+QUERY_CHARSET = rf"[^\[\]|{_JSON_UNSAFE}]"
+NO_BRACKETS = rf"[^\[\]{_JSON_UNSAFE}]"  # the observer's text: a next query or an answer, never "[mask]"
 
 
-def _str(max_len: int, min_len: int = 1, pattern: str | None = None) -> dict[str, Any]:
+def _str(max_len: int, min_len: int = 1, charset: str | None = None) -> dict[str, Any]:
+    """A string of ``min_len``..``max_len`` characters, optionally from ``charset`` (a regex class).
+
+    With a charset the length bounds are written into the ``pattern`` too (``^C{m,n}$``):
+    llama.cpp's schema-to-grammar converter reads a string's ``pattern`` *instead of* its
+    ``minLength``/``maxLength``, so a pattern without the bounds let the 1.5B planner copy a whole
+    passage into a 120-character query until ``max_tokens`` cut the reply (``json_cut``)."""
     out: dict[str, Any] = {"type": "string", "minLength": min_len, "maxLength": max_len}
-    if pattern:
-        out["pattern"] = pattern
+    if charset:
+        out["pattern"] = f"^{charset}{{{min_len},{max_len}}}$"
     return out
 
 
 def _query() -> dict[str, Any]:
-    return _str(QUERY_CHARS, 3, QUERY_PATTERN)
+    return _str(QUERY_CHARS, 3, QUERY_CHARSET)
 
 
 def planner_schema() -> dict[str, Any]:
@@ -59,7 +71,7 @@ def observer_schema(decisions: tuple[str, ...] = ("answer", "next", "replan"), n
     per blank, in order (the answer is read from it, joined with `` | ``), so a small model cannot
     get the number or the separator of the spans wrong."""
     props: dict[str, Any] = {"thought": _str(THOUGHT_CHARS, THOUGHT_MIN_CHARS), "decision": {"type": "string", "enum": list(decisions)},
-                             "text": _str(TEXT_CHARS, 0)}
+                             "text": _str(TEXT_CHARS, 0, NO_BRACKETS)}
     if n_blanks > 0:
         props["blanks"] = {"type": "array", "items": _str(BLANK_CHARS, 0), "minItems": int(n_blanks),
                            "maxItems": int(n_blanks)}

@@ -222,6 +222,14 @@ def observer_from_json(data: dict[str, Any]) -> RoleOutput:
     return RoleOutput(kind, think=think, text=text[:300])
 
 
+def _cut_text(error: Exception) -> str:
+    """The text of a reply the OpenAI client refused because ``max_tokens`` cut it."""
+    try:
+        return str(error.completion.choices[0].message.content or "")  # type: ignore[attr-defined]
+    except (AttributeError, IndexError, TypeError):
+        return ""
+
+
 def check_grounded(question: str, information: str) -> Callable[[RoleOutput], str | None]:
     """For a RAMP question, an observer answer must be copied from the documents it was shown: each
     span (``a | b``) must occur in ``information`` on word boundaries.  Read from what the observer
@@ -275,8 +283,9 @@ async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable
             if type(e).__name__ != "LengthFinishReasonError":
                 call.error = scrub(f"{role} model call failed: {type(e).__name__}: {e}")
                 return call
-            # a JSON reply cut by the token limit (the OpenAI client refuses to parse it): malformed
-            reply = {"raw": "", "parsed": None, "cut": True}
+            # a JSON reply cut by the token limit (the OpenAI client refuses to parse it): malformed,
+            # with the cut text kept (the client's exception carries the completion)
+            reply = {"raw": _cut_text(e), "parsed": None, "cut": True}
         if mode == "json_schema":
             text = message_text(reply.get("raw"))
             data = reply.get("parsed")
