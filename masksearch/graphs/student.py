@@ -4,12 +4,12 @@
 ``search`` runs the queries through the configured retriever and appends an
 ``<information>…</information>`` observation; the loop ends at an answer.  After ``max_turns``
 environment replies the observation also asks once for the final answer, and a reply that still
-does not answer ends the run with status ``turn_cap``; with ``force_answer`` (token models) that reply
-is set aside and the turn is generated again from a written ``<answer>`` (budget forcing: the run
-is scored on what the model answers at its budget, recorded as ``metadata["forced_answer"]``).  A malformed reply gets one short
-correction; a second ends the run with status ``malformed``.  A failed search becomes an
-observation saying so.  The same graph serves inference, evaluation (the untrained embedded model
-here *is* the Agent-PE baseline) and GRPO rollouts.
+does not answer ends the run with status ``turn_cap``.  With ``force_answer`` (token models) that
+reply is set aside and the turn is generated again from a written ``<answer>`` (budget forcing:
+the run is scored on what the model answers at its budget; ``metadata["forced_answer"]``).  A
+malformed reply gets one short correction; a second ends the run with status ``malformed``.  A
+failed search becomes an observation saying so.  The same graph serves inference, evaluation (the
+untrained embedded model here *is* the Agent-PE baseline) and GRPO rollouts.
 
 With a token model (``LocalChatModel``) the run keeps the exact token stream: ``prompt_ids`` is the
 chat template of [system, question] with the generation prompt; every policy turn continues
