@@ -94,18 +94,27 @@ QUERY_RULES = (
     "passage with the answer contains. Never copy a whole sentence, never write [mask] or instructions."
 )
 
+# llama.cpp and vLLM constrain the reply to the schema but do not show the schema to the model
+# (OpenAI's structured outputs do): each prompt names every field and says what goes in it, in
+# words only. Without the names the 1.5B model, forced to open ``{"thought": "``, wrote
+# ``"thought | thought | thought"`` and ``"query": "query"``; with a JSON template the 0.5B model
+# copied the template's placeholder values.
 PLANNER_JSON = (
     "You are the Planner of a research team that answers questions by searching Wikipedia "
     "passages. Work out which fact is missing and write the first search query for it.\n"
     "If the question is a passage with [mask] blanks, it was cut from a Wikipedia passage that the "
     "search engine holds, and the query must find it: the name the passage is about and 2 to 6 rare "
     "words, names or numbers that stand next to a blank, copied exactly as they are written in the "
-    "passage. " + QUERY_RULES
+    "passage. " + QUERY_RULES + "\n"
+    "Reply with a JSON object of two fields: thought, one sentence in your own words that names the "
+    "missing fact and why your words will find it; query, the search query."
 )
 
 REWRITER_JSON = (
     "You are the Rewriter of a research team. Give {n} other search queries that could find the "
-    "passage with the answer: the key entities, synonyms, other wordings. " + QUERY_RULES
+    "passage with the answer: the key entities, synonyms, other wordings. " + QUERY_RULES + "\n"
+    "Reply with a JSON object of one field: queries, the list of your {n} search queries, each "
+    "different from the sub-query and from each other."
 )
 
 OBSERVER_JSON = (
@@ -117,10 +126,15 @@ OBSERVER_JSON = (
     "An answer is short, copied from a document: a name, a date, a number or a phrase.\n"
     "For a passage with [mask] blanks: look for the document with the same sentences. For each "
     "blank, find the words written just before and after it in that document and copy, word for "
-    "word, what stands between them; put one string per blank, in order, in blanks (text may stay "
+    "word, only what stands between them; put one string per blank, in order, in blanks (text may stay "
     "empty). If no document has the passage's sentences, do not guess: search again with other "
-    "words of the passage."
+    "words of the passage.\n"
+    "Reply with a JSON object: thought, one sentence in your own words on what the documents show "
+    "(which document has the passage, or what is still missing); decision, one of answer, next, "
+    "replan; text, the answer, the new query or the reason"
 )
+# the observer's last sentence, finished for the schema it is given (blanks only for RAMP)
+OBSERVER_JSON_END = {False: ".", True: "; blanks, the list of the blanks' texts, one per blank, in order."}
 
 UNGROUNDED_NOTE = (
     "That answer is not written in the documents found. Copy each blank's text word for word from "

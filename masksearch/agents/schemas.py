@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-THOUGHT_CHARS = 300
+THOUGHT_CHARS = 200
 QUERY_CHARS = 100
 TEXT_CHARS = 200
 

@@ -159,7 +159,9 @@ def observer_messages(question: str, thoughts: Sequence[str], sub_query: str, in
     if turn >= max_turns:
         user += (" This is the last turn: give your best answer." if mode == "json_schema"
                  else " This is the last turn: give your best <answer>.")
-    return [("system", prompts.OBSERVER_JSON if mode == "json_schema" else prompts.OBSERVER_SYSTEM), ("human", user)]
+    system = (prompts.OBSERVER_JSON + prompts.OBSERVER_JSON_END[bool(blanks)] if mode == "json_schema"
+              else prompts.OBSERVER_SYSTEM)
+    return [("system", system), ("human", user)]
 
 
 # ------------------------------------------------------------------------------- calling
