@@ -169,6 +169,53 @@ def test_a_ramp_answer_must_be_copied_from_the_documents_shown():
     assert roles.check_grounded("Is Smith a snooker player?", info)(roles.RoleOutput("answer", text="yes")) is None
 
 
+def test_a_ramp_span_must_stand_next_to_its_blanks_neighbours():
+    """``out_of_context``: a span that is in the documents but not where its blank is (the 1.5B
+    model filled 'Warsaw radio mast – [mask] or 2,121 ft' with 'Burj Khalifa', a name the documents
+    hold elsewhere); the retry note names the blank's neighbours."""
+    from masksearch.agents.quality import blank_anchors
+
+    assert blank_anchors(TWO_BLANKS) == [("reached the", "World Championship"), ("He beat", "3–1 in")]
+    info = "<information>Doc 1 (Title: Smith) Smith reached the 2014 World Championship. He beat Ali Carter 3–1.</information>"
+    check = roles.check_grounded(TWO_BLANKS, info)
+    assert check(roles.RoleOutput("answer", text="2014 | Ali Carter")) is None
+    why, note = check(roles.RoleOutput("answer", text="2014 | Smith"))  # in the documents, wrong place
+    assert why == "out_of_context" and 'blank 2 stands between "He beat" and "3–1 in"' in note
+    assert "blank 1" not in note
+    # one neighbour is enough (a document may word the other side differently)
+    assert roles.check_grounded("The [mask] beat Ali.\n\nFill in the [mask].",
+                                "<information>Doc 1 (Title: X) In 2014 Smith beat Ali.</information>")(
+        roles.RoleOutput("answer", text="Smith")) is None
+    # a blank at the passage's start has only its right neighbours
+    why, note = roles.check_grounded("[mask] beat Ali.\n\nFill in the [mask].",
+                                     "<information>Doc 1 (Title: X) Smith met Ali; Jones beat Ali.</information>")(
+        roles.RoleOutput("answer", text="Smith"))
+    assert why == "out_of_context" and 'blank 1 stands before "beat Ali."' in note
+
+
+def test_the_retry_note_of_a_validator_reaches_the_model():
+    class Scripted:
+        structured_output = "json_schema"
+
+        def __init__(self, replies):
+            self.replies, self.seen = list(replies), []
+
+        def with_structured_output(self, schema, **kw):
+            return self
+
+        async def ainvoke(self, msgs, config=None):
+            self.seen.append(msgs)
+            data = self.replies.pop(0)
+            return {"raw": str(data), "parsed": data}
+
+    info = "<information>Doc 1 (Title: Smith) Smith reached the 2014 World Championship. He beat Ali Carter 3–1.</information>"
+    model = Scripted([{"thought": "Doc 1 has the passage here.", "decision": "answer", "text": "", "blanks": ["2014", "Smith"]},
+                      {"thought": "Doc 1 has the passage here.", "decision": "answer", "text": "", "blanks": ["2014", "Ali Carter"]}])
+    call = asyncio.run(roles.observe(model, TWO_BLANKS, [], "Smith 2014", info, turn=1, max_turns=3))
+    assert call.malformed == ["out_of_context"] and call.output.text == "2014 | Ali Carter"
+    assert model.seen[1][-1][0] == "human" and 'blank 2 stands between "He beat"' in model.seen[1][-1][1]
+
+
 def test_separator_only_blanks_are_no_answer_and_queries_cannot_hold_a_blank():
     import re
 
@@ -220,3 +267,14 @@ def test_a_reply_cut_by_the_token_limit_is_json_cut_with_its_text_kept():
     call = asyncio.run(roles.plan(model, "Who is Smith?"))
     assert call.malformed == ["json_cut"] and call.output.kind == "query" and call.output.text == "Smith snooker"
     assert call.raw[0].startswith('{"thought": "a very long')
+
+
+def test_query_writers_see_a_ramp_passage_without_its_instruction():
+    """In JSON mode the planner and rewriter get the masked passage only: the 1.5B planner wrote
+    the instruction's "the original text" into its query in place of the blank."""
+    plan = roles.planner_messages(TWO_BLANKS, mode="json_schema")[1][1]
+    rew = roles.rewriter_messages(TWO_BLANKS, "Smith 2014", mode="json_schema")[1][1]
+    for user in (plan, rew):
+        assert "He beat [mask] 3–1" in user and "original text" not in user
+    assert "original text" in roles.planner_messages(TWO_BLANKS, mode="tags")[1][1]  # tag prompts unchanged
+    assert roles.planner_messages("Who is Smith?", mode="json_schema")[1][1] == "Question: Who is Smith?"

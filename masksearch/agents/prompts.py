@@ -142,6 +142,12 @@ UNGROUNDED_NOTE = (
     "with other words of the passage."
 )
 
+OUT_OF_CONTEXT_NOTE = (
+    "Those words are in the documents, but not where the blank is: {where}. Find those words in the "
+    "document that has the passage's sentences and copy what stands there, or, if no document has "
+    "them, choose next and search with other words of the passage."
+)
+
 DEGENERATE_NOTE = {
     "empty": "the query is empty",
     "too_short": "the query is too short",

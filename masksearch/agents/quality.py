@@ -97,3 +97,13 @@ def blank_contexts(question: str, width: int = 8) -> list[str]:
         after = parts[i + 1].split()[:width]
         out.append(" ".join(before + [f"[mask {i + 1}]"] + after))
     return out
+
+
+def blank_anchors(question: str, width: int = 2) -> list[tuple[str, str]]:
+    """For each blank of a RAMP question, in order, the ``width`` words just before and just after
+    it (``""`` where another blank or the passage's edge comes first): the words that stand next
+    to the original text in the passage it was cut from.  Read from the question only."""
+    text = " ".join(masked_passage(question).split())
+    parts = re.split(re.escape(MASK), text, flags=re.I)
+    return [(" ".join(parts[i].split()[-width:]), " ".join(parts[i + 1].split()[:width]))
+            for i in range(len(parts) - 1)]

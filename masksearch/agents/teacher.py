@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from masksearch.agents import prompts, schemas
-from masksearch.agents.quality import blank_contexts, count_blanks, degenerate_query, has_letters_or_digits
+from masksearch.agents.quality import (
+    blank_anchors,
+    blank_contexts,
+    count_blanks,
+    degenerate_query,
+    has_letters_or_digits,
+    masked_passage,
+)
 from masksearch.protocol import MAX_REPLY_CHARS, join_answers, last_tag, message_text, split_answer
 from masksearch.scoring import span_in_text
 from masksearch.utils.scrub import scrub
@@ -133,9 +140,18 @@ def _history(steps: Sequence[dict[str, Any]], max_chars: int = 1200) -> str:
     return "\n".join(lines)[-max_chars:] or "(none)"
 
 
+def search_view(question: str, mode: str) -> str:
+    """The question as the roles that write queries see it in JSON mode: a RAMP question's masked
+    passage without its instruction paragraph, whose words ("fill in ... with the original text")
+    the 1.5B planner wrote into its query in place of a blank; other questions as they are."""
+    if mode != "json_schema" or not count_blanks(question):
+        return question
+    return masked_passage(question)
+
+
 def planner_messages(question: str, steps: Sequence[dict[str, Any]] = (), feedback: str = "",
                      mode: str = "tags") -> list[Msg]:
-    user = f"Question: {question}"
+    user = f"Question: {search_view(question, mode)}"
     if steps or feedback:
         user += "\n\n" + prompts.PLANNER_REPLAN.format(history=_history(steps), feedback=feedback or "none")
     return [("system", prompts.PLANNER_JSON if mode == "json_schema" else prompts.PLANNER_SYSTEM), ("human", user)]
@@ -143,7 +159,7 @@ def planner_messages(question: str, steps: Sequence[dict[str, Any]] = (), feedba
 
 def rewriter_messages(question: str, sub_query: str, n: int = 3, mode: str = "tags") -> list[Msg]:
     system = prompts.REWRITER_JSON if mode == "json_schema" else prompts.REWRITER_SYSTEM
-    return [("system", system.format(n=n)), ("human", f"Question: {question}\nSub-query: {sub_query}")]
+    return [("system", system.format(n=n)), ("human", f"Question: {search_view(question, mode)}\nSub-query: {sub_query}")]
 
 
 def observer_messages(question: str, thoughts: Sequence[str], sub_query: str, information: str,
@@ -232,19 +248,43 @@ def _cut_text(error: Exception) -> str:
         return ""
 
 
-def check_grounded(question: str, information: str) -> Callable[[RoleOutput], str | None]:
-    """For a RAMP question, an observer answer must be copied from the documents it was shown: each
-    span (``a | b``) must occur in ``information`` on word boundaries.  Read from what the observer
-    saw only (never the gold); an ungrounded answer is a malformed reply, retried once with the
-    reason, so a small model that guessed gets one chance to copy or to search again."""
+Check = Callable[[RoleOutput], "str | tuple[str, str] | None"]
+
+
+def check_grounded(question: str, information: str) -> Check:
+    """For a RAMP question, an observer answer must be copied from the documents it was shown, and
+    from the right place in them.  Read from what the observer saw only (never the gold):
+
+    * ``ungrounded_answer``: a span (``a | b``) does not occur in ``information`` on word
+      boundaries (the model guessed);
+    * ``out_of_context``: a span occurs, but not next to its blank's neighbours: a document must
+      hold the words just before the blank followed by the span, or the span followed by the words
+      just after it (the 1.5B model filled a blank with a name the passage mentions elsewhere).
+      The retry note names those neighbours for each such blank.
+
+    Either is a malformed reply, retried once with the reason, so a small model gets one chance to
+    copy from the right place or to search again."""
     query_check = check_query(question)
 
-    def check(out: RoleOutput) -> str | None:
+    def check(out: RoleOutput) -> str | tuple[str, str] | None:
         why = query_check(out)
         if why or out.kind != "answer" or not count_blanks(question):
             return why
-        missing = [sp for sp in split_answer(out.text) if not span_in_text(information, sp)]
-        return "ungrounded_answer" if missing else None
+        spans = split_answer(out.text)
+        if any(not span_in_text(information, sp) for sp in spans):
+            return "ungrounded_answer"
+        anchors = blank_anchors(question)
+        if len(anchors) != len(spans):
+            return None  # the count is the schema's business (blanks: exactly one per blank)
+        wrong = [(i, left, right) for i, (sp, (left, right)) in enumerate(zip(spans, anchors), 1)
+                 if (left or right) and not (left and span_in_text(information, f"{left} {sp}"))
+                 and not (right and span_in_text(information, f"{sp} {right}"))]
+        if not wrong:
+            return None
+        where = "; ".join(f'blank {i} stands between "{left}" and "{right}"' if left and right else
+                          f'blank {i} stands {"after" if left else "before"} "{left or right}"'
+                          for i, left, right in wrong)
+        return "out_of_context", prompts.OUT_OF_CONTEXT_NOTE.format(where=where)
     return check
 
 
@@ -261,7 +301,7 @@ def check_query(question: str) -> Callable[[RoleOutput], str | None]:
 async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable[[str], RoleOutput],
                     retries: int = 1, *, schema: dict[str, Any] | None = None,
                     from_json: Callable[[dict[str, Any]], RoleOutput] | None = None,
-                    validate: Callable[[RoleOutput], str | None] | None = None) -> RoleCall:
+                    validate: Check | None = None) -> RoleCall:
     """Call ``model`` with ``messages``, read the reply; on a malformed one retry once with a note.
 
     With a ``schema`` (and ``from_json``) and a model whose :func:`read_mode` is ``json_schema``,
@@ -296,8 +336,11 @@ async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable
         else:
             text = message_text(reply)
             out = parser(text)
+        note_for: str | None = None
         if out.ok and validate is not None:
             why = validate(out)
+            if isinstance(why, tuple):  # (reason, the retry note that explains it)
+                why, note_for = why
             if why:
                 out = RoleOutput("malformed", think=out.think, text=out.text, reason=why)
         call.raw.append(text)
@@ -313,6 +356,8 @@ async def call_role(model: Any, role: str, messages: list[Msg], parser: Callable
         if (out.reason or "").startswith("degenerate_query:"):
             note = (f"That query is not usable: {prompts.DEGENERATE_NOTE.get(out.reason.split(':', 1)[1], out.reason)}. "
                     + prompts.QUERY_RULES + " Reply again.")
+        if note_for:
+            note = note_for
         msgs = msgs + [("ai", text), ("human", note)]
     return call
 
