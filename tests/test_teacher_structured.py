@@ -182,6 +182,8 @@ def test_a_ramp_span_must_stand_next_to_its_blanks_neighbours():
     why, note = check(roles.RoleOutput("answer", text="2014 | Smith"))  # in the documents, wrong place
     assert why == "out_of_context" and 'blank 2 stands between "He beat" and "3–1 in"' in note
     assert "blank 1" not in note
+    why, note = check(roles.RoleOutput("answer", text="2014 World Championship | Ali Carter"))  # runs on
+    assert why == "out_of_context" and "blank 1" in note and "blank 2" not in note
     # one neighbour is enough (a document may word the other side differently)
     assert roles.check_grounded("The [mask] beat Ali.\n\nFill in the [mask].",
                                 "<information>Doc 1 (Title: X) In 2014 Smith beat Ali.</information>")(

@@ -143,9 +143,9 @@ UNGROUNDED_NOTE = (
 )
 
 OUT_OF_CONTEXT_NOTE = (
-    "Those words are in the documents, but not where the blank is: {where}. Find those words in the "
-    "document that has the passage's sentences and copy what stands there, or, if no document has "
-    "them, choose next and search with other words of the passage."
+    "Those words are not the blank's text: {where}. Find those words in the document that has the "
+    "passage's sentences and copy only what stands between them, or, if no document has them, "
+    "choose next and search with other words of the passage."
 )
 
 DEGENERATE_NOTE = {

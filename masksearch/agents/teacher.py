@@ -259,8 +259,9 @@ def check_grounded(question: str, information: str) -> Check:
       boundaries (the model guessed);
     * ``out_of_context``: a span occurs, but not next to its blank's neighbours: a document must
       hold the words just before the blank followed by the span, or the span followed by the words
-      just after it (the 1.5B model filled a blank with a name the passage mentions elsewhere).
-      The retry note names those neighbours for each such blank.
+      just after it (the 1.5B model filled a blank with a name the passage mentions elsewhere),
+      and the span must not run into those neighbours (``646.38 m or 2,121 ft`` for the blank
+      before ``or 2,121``).  The retry note names the neighbours of each such blank.
 
     Either is a malformed reply, retried once with the reason, so a small model gets one chance to
     copy from the right place or to search again."""
@@ -276,9 +277,14 @@ def check_grounded(question: str, information: str) -> Check:
         anchors = blank_anchors(question)
         if len(anchors) != len(spans):
             return None  # the count is the schema's business (blanks: exactly one per blank)
+        def placed(sp: str, left: str, right: str) -> bool:
+            if (left and span_in_text(sp, left)) or (right and span_in_text(sp, right)):
+                return False  # the span runs into its neighbours ("646.38 m or 2,121 ft")
+            return not (left or right) or (bool(left) and span_in_text(information, f"{left} {sp}")) \
+                or (bool(right) and span_in_text(information, f"{sp} {right}"))
+
         wrong = [(i, left, right) for i, (sp, (left, right)) in enumerate(zip(spans, anchors), 1)
-                 if (left or right) and not (left and span_in_text(information, f"{left} {sp}"))
-                 and not (right and span_in_text(information, f"{sp} {right}"))]
+                 if not placed(sp, left, right)]
         if not wrong:
             return None
         where = "; ".join(f'blank {i} stands between "{left}" and "{right}"' if left and right else
