@@ -153,6 +153,15 @@ def test_observer_schema_holds_one_span_per_blank_and_the_answer_is_read_from_it
     assert (out.kind, out.text) == ("answer", "2014 | Morihiro Hashimoto")
     assert roles.observer_from_json({"thought": "t", "decision": "answer", "text": "x",
                                      "blanks": ["2014", " "]}).reason == "empty_blank"
+    # "next" with no query but every blank filled is the answer it holds (check_grounded judges it);
+    # with a blank missing it stays an unreadable next
+    held = roles.observer_from_json({"thought": "t", "decision": "next", "text": "", "blanks": ["Edinburgh", "2.25%"]})
+    assert (held.kind, held.text) == ("answer", "Edinburgh | 2.25%")
+    assert roles.observer_from_json({"thought": "t", "decision": "next", "text": "",
+                                     "blanks": ["Edinburgh", ""]}).reason == "empty_next"
+    import re
+    blank = re.compile(schemas.observer_schema(n_blanks=2)["properties"]["blanks"]["items"]["pattern"])
+    assert blank.match("Edinburgh") and not blank.match("In [mask 1] ")  # a blank cannot hold "[mask"
     # a next query ignores the blanks
     nxt = roles.observer_from_json({"thought": "t", "decision": "next", "text": "Smith snooker 2014", "blanks": ["", ""]})
     assert (nxt.kind, nxt.text) == ("next", "Smith snooker 2014")

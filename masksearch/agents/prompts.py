@@ -142,6 +142,11 @@ UNGROUNDED_NOTE = (
     "with other words of the passage."
 )
 
+EMPTY_NEXT_NOTE = (
+    "A next decision needs text: the new search query, 3 to 10 key words not tried before. If the "
+    "documents hold the answer, choose answer instead. Reply again."
+)
+
 OUT_OF_CONTEXT_NOTE = (
     "Those words are not the blank's text: {where}. Find those words in the document that has the "
     "passage's sentences and copy only what stands between them, or, if no document has them, "

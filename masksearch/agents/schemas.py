@@ -73,7 +73,7 @@ def observer_schema(decisions: tuple[str, ...] = ("answer", "next", "replan"), n
     props: dict[str, Any] = {"thought": _str(THOUGHT_CHARS, THOUGHT_MIN_CHARS), "decision": {"type": "string", "enum": list(decisions)},
                              "text": _str(TEXT_CHARS, 0, NO_BRACKETS)}
     if n_blanks > 0:
-        props["blanks"] = {"type": "array", "items": _str(BLANK_CHARS, 0), "minItems": int(n_blanks),
+        props["blanks"] = {"type": "array", "items": _str(BLANK_CHARS, 0, NO_BRACKETS), "minItems": int(n_blanks),
                            "maxItems": int(n_blanks)}
     return _obj("observer", props)
 
