@@ -89,14 +89,8 @@ def blank_contexts(question: str, width: int = 8) -> list[str]:
     """For each blank of a RAMP question, in order, the ``width`` words before and after it, with the
     blank itself written ``[mask N]``: what a reader looks for in a document to find the original
     text.  Read from the question only (nothing of the answer)."""
-    text = " ".join(masked_passage(question).split())
-    parts = re.split(re.escape(MASK), text, flags=re.I)
-    out = []
-    for i in range(len(parts) - 1):
-        before = parts[i].split()[-width:]
-        after = parts[i + 1].split()[:width]
-        out.append(" ".join(before + [f"[mask {i + 1}]"] + after))
-    return out
+    return [" ".join(w for w in (before, f"[mask {i}]", after) if w)
+            for i, (before, after) in enumerate(blank_anchors(question, width), 1)]
 
 
 def blank_anchors(question: str, width: int = 2) -> list[tuple[str, str]]:

@@ -284,6 +284,7 @@ def check_grounded(question: str, information: str) -> Check:
         anchors = blank_anchors(question)
         if len(anchors) != len(spans):
             return None  # the count is the schema's business (blanks: exactly one per blank)
+
         def placed(sp: str, left: str, right: str) -> bool:
             if (left and span_in_text(sp, left)) or (right and span_in_text(sp, right)):
                 return False  # the span runs into its neighbours ("646.38 m or 2,121 ft")

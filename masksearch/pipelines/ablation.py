@@ -148,10 +148,9 @@ def _scored(pred_file: Path) -> dict[str, dict[str, Any]]:
 
 def row_folder(root: str | os.PathLike, row: str, force_answer: bool = False) -> Path:
     """Where a row's evaluation lives (the ablation's side of :meth:`Pipeline.eval_out`)."""
-    from masksearch.pipelines.two_stage import EVAL_FORCED
+    from masksearch.pipelines.two_stage import eval_folder
 
-    forced = force_answer and ROW_SOURCES.get(row, ("agent",))[0] == "agent"
-    return Path(root) / (EVAL_FORCED if forced else "eval") / row
+    return eval_folder(root, row, ROW_SOURCES.get(row, ("agent",))[0], force_answer)
 
 
 def load_row_scores(root: str | os.PathLike, rows: Sequence[str] = ROWS,

@@ -40,7 +40,13 @@ from masksearch.errors import MaskSearchError
 
 STAGE_REPORT = "stage.json"
 EVAL_DONE = "eval_done.json"
-EVAL_FORCED = "eval-forced"  # the agent rows' folder under force_answer (Pipeline.eval_out)
+EVAL_FORCED = "eval-forced"  # the agent rows' folder under force_answer (eval_folder)
+
+
+def eval_folder(root: str | os.PathLike, name: str, method: str | None, force_answer: bool = False) -> Path:
+    """The one rule for where an evaluated row lives: ``ROOT/eval/<name>``, or
+    ``ROOT/eval-forced/<name>`` for an agent row under ``force_answer`` (RAG-PE is the same either way)."""
+    return Path(root) / (EVAL_FORCED if force_answer and method == "agent" else "eval") / name
 DATA_KINDS = ("ramp", "downstream")
 
 
@@ -491,8 +497,7 @@ class Pipeline:
         row under ``force_answer`` (a setting that changes a row's scores gets its own folder, so
         both evaluations of the same checkpoints stay side by side)."""
         ev = next((e for e in self.cfg.evals if e.name == name), None)
-        forced = self.cfg.force_answer and ev is not None and ev.method == "agent"
-        return self.path(EVAL_FORCED if forced else "eval", name)
+        return eval_folder(self.root, name, ev.method if ev is not None else None, self.cfg.force_answer)
 
     def eval_limits(self, files: dict[str, str]) -> dict[str, int]:
         """Questions per benchmark: ``eval_limit``, or ``eval_limit_in_domain`` for the downstream pool's."""
