@@ -109,7 +109,7 @@ def main() -> None:
               f"{s['mean_searches']:>10.2f}{s['mean_turns']:>8.2f}")
     for k, s in results.items():
         print(f"[{k}] rejected: {s['rejected_by_reason']}  malformed replies: {s['malformed_role_outputs']}  "
-              f"status: {s['by_status']}")
+              f"status: {s['by_status']}  re-planned after a refusal: {s.get('runs_replanned_after_refusal', 0)}")
     p_rate = prov["acceptance_rate"] or 0.0
     for tag in tags:
         r = results[tag]["acceptance_rate"]

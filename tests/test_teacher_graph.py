@@ -93,13 +93,53 @@ def test_turn_cap_ends_with_reason():
 def test_malformed_twice_ends_the_run_and_is_counted(role):
     scripts = {"planner": [PLAN], "rewriter": [REWRITE], "observer": [ANSWER]}
     scripts[role] = ["I think the answer is somewhere."]  # no tags at all, every time
-    model, c = ctx(scripts)
+    model, c = ctx(scripts, replan_on_refusal=False)  # the observer's re-plan is tested below
     t = run_teacher(Q, c)
     assert t.status == "malformed" and role in t.reason and "after retry" in t.reason
     assert model.role_calls(role) == 2  # one retry
     assert sum(v for k, v in t.metadata["malformed"].items() if k.startswith(role + ":")) == 2
     retry_prompt = [m for r, m in model.calls if r == role][1][-1].content
     assert "could not be read" in retry_prompt
+
+
+def test_refused_observer_replans_while_turns_remain():
+    bad = "I think the answer is somewhere."  # no decision: refused, retried, refused again
+    plans = [PLAN, "<think>Try the company.</think><query>Eiffel company tower construction</query>"]
+    model, c = ctx({"planner": plans, "rewriter": [REWRITE], "observer": [bad, bad, ANSWER]}, max_turns=3)
+    t = run_teacher(Q, c)
+    assert t.status == "answered" and t.answer == "Gustave Eiffel"
+    assert t.metadata["refusals"] == 1 and t.metadata["replans"] == 1 and t.metadata["turns"] == 2
+    assert t.metadata["malformed"] == {"observer:no_decision": 2}
+    assert model.role_calls("observer") == 3 and model.role_calls("planner") == 2 and len(t.steps) == 2
+    replan_prompt = [m for r, m in model.calls if r == "planner"][1][-1].content
+    assert "do not hold the passage's sentences" in replan_prompt and "no_decision" in replan_prompt
+    assert t.steps[1].queries[0] == "Eiffel company tower construction"
+    assert not any(bad in th for th in t.metadata["thoughts"])  # the refused reply teaches nothing
+
+
+def test_refused_observer_on_the_last_turn_ends_malformed():
+    model, c = ctx({"planner": [PLAN], "rewriter": [REWRITE], "observer": ["no tags at all"]}, max_turns=2)
+    t = run_teacher(Q, c)
+    assert t.status == "malformed" and "observer" in t.reason
+    assert model.role_calls("observer") == 4 and t.metadata["refusals"] == 1 and len(t.steps) == 2
+
+
+@pytest.mark.parametrize("retry_temperature,expected", [(0.7, [0.0, 0.7]), (None, [0.0, 0.0])])
+def test_a_retry_samples_at_the_retry_temperature(retry_temperature, expected):
+    class Sampled(ScriptedChatModel):
+        temperature: float = 0.0
+        temps: list = []
+
+        def _generate(self, messages, stop=None, run_manager=None, **kw):
+            if self._role(messages) == "observer":
+                self.temps.append(self.temperature)
+            return super()._generate(messages, stop, run_manager, **kw)
+
+    model = Sampled(scripts={"planner": [PLAN], "rewriter": [REWRITE], "observer": ["no tags", ANSWER]}, temps=[])
+    c = TeacherContext(models=model, retriever=MemoryRetriever(), search_retries=0, retry_temperature=retry_temperature)
+    t = run_teacher(Q, c)
+    assert t.status == "answered" and model.temps == expected  # the copy shares the call log
+    assert model.temperature == 0.0  # the caller's model is not changed
 
 
 def test_malformed_once_is_retried_and_recovers():

@@ -153,6 +153,13 @@ OUT_OF_CONTEXT_NOTE = (
     "choose next and search with other words of the passage."
 )
 
+# The planner's note when the observer's answer was refused twice and turns remain: the run searches
+# again instead of ending malformed (a wrong span means the right passage was not found).
+REFUSED_NOTE = (
+    "The documents found do not hold the passage's sentences, so no answer could be read from them "
+    "({reason}). Search for other rare words, names or numbers of the passage."
+)
+
 DEGENERATE_NOTE = {
     "empty": "the query is empty",
     "too_short": "the query is too short",

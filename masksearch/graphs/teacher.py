@@ -13,8 +13,10 @@
   a failed search is recorded as an observation, never raised;
 * **merge** interleaves the result lists round-robin, deduplicates, caps (``max_docs``) and records
   a :class:`~masksearch.trajectory.Step`;
-* **observer** answers, asks for the next sub-query or sends the work back to the planner; after
-  ``max_turns`` observer turns the run ends with status ``turn_cap``;
+* **observer** answers, asks for the next sub-query or sends the work back to the planner; a reply
+  still refused after its retries (unreadable, or an answer the documents do not hold) also sends
+  the work back to the planner while turns remain (``replan_on_refusal``), and ends the run
+  ``malformed`` on the last turn; after ``max_turns`` observer turns the run ends ``turn_cap``;
 * **judge** records the string verdict and, optionally, an LLM verdict.
 
 Models and the retriever travel in the run context (:class:`TeacherContext`, LangGraph's
@@ -39,6 +41,7 @@ from langgraph.types import Command, Send
 from typing_extensions import NotRequired, TypedDict
 
 from masksearch.agents import judge as judge_mod
+from masksearch.agents import prompts
 from masksearch.agents import teacher as roles
 from masksearch.graphs import resources
 from masksearch.graphs.resources import DEFAULT_MODEL, SHARED_BM25
@@ -80,6 +83,8 @@ class TeacherContext:
     info_max_tokens: int = 512  # budget of the <information> block
     llm_judge: bool = False  # also ask the "judge" model for a verdict
     retries: int = 1  # retries of a malformed role reply
+    retry_temperature: float | None = 0.7  # a retry samples (a greedy retry repeats the refused reply)
+    replan_on_refusal: bool = True  # an observer reply refused after its retries re-plans while turns remain
     search_retries: int = 1  # retries of a failed search (then it becomes an observation)
     name: str = ""  # teacher name recorded in the provenance (default: "llm:<models>")
     model_options: dict[str, Any] = field(default_factory=dict)  # passed to make_chat_model
@@ -173,6 +178,7 @@ class TeacherState(TypedDict, total=False):
     sub_queries: Annotated[list[str], operator.add]
     turn: int  # observer turns taken
     replans: int
+    refusals: int  # observer replies refused after their retries that re-planned
     malformed: Annotated[dict[str, int], _add_counts]
     # outcome
     answer: str | None
@@ -202,7 +208,7 @@ def _end(update: dict, status: str, reason: str) -> Command:
 async def planner(state: TeacherState, runtime: Runtime[TeacherContext]) -> Command[Literal["rewriter", "judge"]]:
     ctx = await _context(runtime)
     call = await roles.plan(ctx.model("planner"), state["question"], state.get("steps", []),
-                            state.get("feedback", ""), ctx.retries)
+                            state.get("feedback", ""), ctx.retries, ctx.retry_temperature)
     upd: dict[str, Any] = {"malformed": _counts(call.malformed, "planner")}
     if call.error:
         return _end(upd, "error", call.error)
@@ -218,7 +224,7 @@ async def rewriter(state: TeacherState, runtime: Runtime[TeacherContext]) -> dic
     ctx = await _context(runtime)
     sub = state["sub_query"]
     call = await roles.rewrite(ctx.model("rewriter"), state["question"], sub, ctx.n_queries, ctx.max_queries,
-                               ctx.retries)
+                               ctx.retries, ctx.retry_temperature)
     upd: dict[str, Any] = {"malformed": _counts(call.malformed, "rewriter")}
     if call.error:
         return {**upd, "status": "error", "reason": call.error}
@@ -303,12 +309,19 @@ async def observer(state: TeacherState, runtime: Runtime[TeacherContext]) -> Com
     turn = state.get("turn", 0) + 1
     last = state["steps"][-1]
     call = await roles.observe(ctx.model("observer"), state["question"], state.get("thoughts", []),
-                               state.get("sub_query", ""), last["information"], turn, ctx.max_turns, ctx.retries)
+                               state.get("sub_query", ""), last["information"], turn, ctx.max_turns, ctx.retries,
+                               ctx.retry_temperature)
     upd: dict[str, Any] = {"turn": turn, "malformed": _counts(call.malformed, "observer")}
     if call.error:
         return _end(upd, "error", call.error)
     out = call.output
     if not out.ok:
+        if ctx.replan_on_refusal and turn < ctx.max_turns:
+            # the refused reply (a span not in the documents, or unreadable) is not the run's end:
+            # a small model that cannot read an answer here usually lacks the passage, so search again
+            return Command(goto="planner", update={**upd, "feedback": prompts.REFUSED_NOTE.format(reason=out.reason),
+                                                   "replans": state.get("replans", 0) + 1,
+                                                   "refusals": state.get("refusals", 0) + 1})
         return _end(upd, "malformed", f"observer output unreadable after retry: {out.reason}")
     if out.kind == "answer":
         final = out.think or "The search results contain the answer."
@@ -457,7 +470,8 @@ def state_to_trajectory(state: Mapping[str, Any], example: Any, context: Teacher
     else:
         reason = state.get("reason", "")
     meta = {"answer_match": example.answer_match, "turns": state.get("turn", 0),
-            "replans": state.get("replans", 0), "malformed": dict(state.get("malformed", {})),
+            "replans": state.get("replans", 0),
+            "refusals": state.get("refusals", 0), "malformed": dict(state.get("malformed", {})),
             "sub_queries": list(state.get("sub_queries", [])), "thoughts": list(state.get("thoughts", [])),
             "role_reads": {c["role"]: c["read"] for c in (llm_calls or []) if c.get("role") and c.get("read")}}
     for key in ("mask_count", "passage_id", "title"):

@@ -218,6 +218,8 @@ def summarize(trajs: list[Trajectory], accepted: Mapping[str, bool], reasons: Co
         "mean_turns": round(sum(len(t.steps) for t in trajs) / n, 3) if n else 0.0,
         "mean_searches": round(sum(t.num_searches for t in trajs) / n, 3) if n else 0.0,
         "malformed_role_outputs": dict(malformed),
+        # runs whose observer reply was refused after its retries and that searched again
+        "runs_replanned_after_refusal": sum(1 for t in trajs if t.metadata.get("refusals")),
         "teachers": dict(teachers),
     }
 
