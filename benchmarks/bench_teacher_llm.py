@@ -18,6 +18,14 @@ trajectories already written and adds the rest (wall time and counts accumulate 
 
 Last printed line: one JSON object with ``acceptance_rate_1p5b``, ``acceptance_rate_0p5b``,
 ``tpm_1p5b``, ``tpm_0p5b`` (and the provenance teacher's ``acceptance_rate_provenance``).
+
+``--report-only`` starts nothing: it prints the same report from what ``OUT`` holds, for a run that
+was stopped or is still going. Its JSON line says ``complete: false`` per model while runs are
+missing and adds ``prefix_*``: the figures on the longest run of questions, in file order, that all
+finished. (Runs finish out of order; the short ones, which are mostly the accepted ones, first, so
+the rate on all finished runs of an unfinished pass leans high.) Its trajectories a minute for a
+pass that was stopped is estimated from file times: the job file (written at the pass's start) to
+the last trajectory written.
 """
 
 from __future__ import annotations
@@ -53,7 +61,12 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_teacher_llm")
     ap.add_argument("--index", default=None, help="BM25 index of the shared corpus (default: the cache's "
                                                   "bm25-shared, built once if missing)")
+    ap.add_argument("--report-only", action="store_true", help="print the report from OUT as it stands; run nothing")
     args = ap.parse_args()
+    tags = [t.strip() for t in args.models.split(",") if t.strip()]
+    if args.report_only:
+        report_only(Path(args.out), tags, args.n)
+        return
 
     from masksearch.data.ramp import generate_ramp
     from masksearch.models.llamacpp import shared_server
@@ -84,7 +97,6 @@ def main() -> None:
                    concurrency=4, progress=False)
     results["provenance"] = prov
 
-    tags = [t.strip() for t in args.models.split(",") if t.strip()]
     for tag in tags:
         name = MODELS[tag]
         opts = {"n_parallel": args.concurrency, "max_new_tokens": args.max_new_tokens, "temperature": 0.0}
@@ -102,26 +114,70 @@ def main() -> None:
         s["tpm_total"] = round(st["new"] / st["seconds"] * 60, 3) if st["seconds"] > 0 else 0.0
         results[tag] = s
 
+    _print_report(results, tags, args.n)
+
+
+def _print_report(results: dict[str, dict], tags: list[str], n: int, extra: dict | None = None) -> None:
     print(f"\n{'teacher':<12}{'runs':>6}{'accepted':>10}{'rate':>8}{'traj/min':>10}{'searches':>10}{'turns':>8}")
     for k, s in results.items():
-        tpm = s.get("tpm_total", s["trajectories_per_minute"])
+        tpm = s.get("tpm_total", s.get("trajectories_per_minute")) or 0.0
         print(f"{k:<12}{s['trajectories']:>6}{s['accepted']:>10}{s['acceptance_rate']:>8.2f}{tpm:>10.2f}"
               f"{s['mean_searches']:>10.2f}{s['mean_turns']:>8.2f}")
     for k, s in results.items():
         print(f"[{k}] rejected: {s['rejected_by_reason']}  malformed replies: {s['malformed_role_outputs']}  "
               f"status: {s['by_status']}  re-planned after a refusal: {s.get('runs_replanned_after_refusal', 0)}")
-    p_rate = prov["acceptance_rate"] or 0.0
+    prov = results.get("provenance", {})
+    p_rate = prov.get("acceptance_rate") or 0.0
     for tag in tags:
-        r = results[tag]["acceptance_rate"]
-        print(f"[{tag}] acceptance {r:.2f} vs provenance {p_rate:.2f}: ratio {r / p_rate if p_rate else 0:.2f}")
-    final = {"n": args.n, "acceptance_rate_provenance": p_rate}
+        if tag in results:
+            r = results[tag]["acceptance_rate"]
+            print(f"[{tag}] acceptance {r:.2f} vs provenance {p_rate:.2f}: ratio {r / p_rate if p_rate else 0:.2f}")
+    final: dict = {"n": n, "acceptance_rate_provenance": p_rate}
     for tag in ("1.5b", "0.5b"):
         s = results.get(tag)
         final[f"acceptance_rate_{_key(tag)}"] = s["acceptance_rate"] if s else None
-        final[f"tpm_{_key(tag)}"] = s["tpm_total"] if s else None
+        final[f"tpm_{_key(tag)}"] = s.get("tpm_total") if s else None
         final[f"accepted_{_key(tag)}"] = s["accepted"] if s else None
         final[f"trajectories_{_key(tag)}"] = s["trajectories"] if s else None
+    final.update(extra or {})
     print(json.dumps(final))
+
+
+def report_only(out: Path, tags: list[str], n: int) -> None:
+    """The report from ``out`` as it stands (see the module docstring); starts no server."""
+    from masksearch.trajectory import read_trajectories
+    from masksearch.training.export import summarize_trajectories
+
+    order = [json.loads(line)["id"] for line in open(out / "ramp.jsonl", encoding="utf-8") if line.strip()][:n]
+    state_path = out / "bench_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    results: dict[str, dict] = {}
+    extra: dict = {}
+    for tag in ["provenance"] + tags:
+        path = out / tag / "trajectories.jsonl"
+        if not path.exists():
+            continue
+        done = {t.id for t in read_trajectories(str(path))} & set(order)
+        s = summarize_trajectories(path, ids=set(order))
+        if tag != "provenance":
+            st = state.get(tag, {"seconds": 0.0, "new": 0})
+            seconds, new = st["seconds"], st["new"]
+            job = out / tag / "trajectories.jsonl.job.json"
+            if len(done) > new and job.exists():  # a pass stopped before it wrote its state
+                seconds += max(0.0, path.stat().st_mtime - job.stat().st_mtime)
+                new = len(done)
+            s["tpm_total"] = round(new / seconds * 60, 3) if seconds > 0 else None
+            k = 0
+            while k < len(order) and order[k] in done:
+                k += 1
+            pre = summarize_trajectories(path, ids=set(order[:k])) if k else None
+            extra[f"complete_{_key(tag)}"] = len(done) == len(order)
+            extra[f"prefix_{_key(tag)}"] = k
+            extra[f"prefix_acceptance_rate_{_key(tag)}"] = pre["acceptance_rate"] if pre else None
+            print(f"[{tag}] {len(done)} of {len(order)} questions done; the first {k} (file order) all done: "
+                  f"{pre['accepted'] if pre else 0} accepted ({pre['acceptance_rate'] if pre else 0:.2%})")
+        results[tag] = s
+    _print_report(results, tags, n, extra)
 
 
 if __name__ == "__main__":

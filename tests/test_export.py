@@ -11,7 +11,7 @@ from test_teacher_fakes import MemoryRetriever, ScriptedChatModel
 from masksearch.graphs.teacher import TeacherContext, run_teacher
 from masksearch.protocol import STUDENT_SYSTEM_PROMPT, parse_action
 from masksearch.training.export import (AcceptFilter, format_problems, parse_teacher_spec, run_cot,
-                                        trajectory_to_sft_row)
+                                        summarize_trajectories, trajectory_to_sft_row)
 from masksearch.trajectory import Trajectory
 
 PLAN = "<think>I need the builder of the tower.</think>\n<query>who built the Eiffel Tower</query>"
@@ -194,6 +194,19 @@ def test_cot_llm_teacher_concurrent_counts(tmp_path):
     assert sorted(r["id"] for r in rows) == ["q0", "q2", "q4"]
     trajs = [Trajectory.from_json(x) for x in (tmp_path / "out" / "trajectories.jsonl").read_text().splitlines()]
     assert all(t.llm_calls and t.metadata["accept_reason"] for t in trajs)
+
+
+def test_summarize_trajectories_rechecks_a_file_as_it_stands(tmp_path):
+    inp = tmp_path / "ramp.jsonl"
+    _write(inp, RAMP)
+    out = tmp_path / "out"
+    run_cot(inp, out, "provenance", MemoryRetriever(), progress=False)
+    path = out / "trajectories.jsonl"
+    s = summarize_trajectories(path)
+    assert s["trajectories"] == 4 and s["accepted"] == 3 and s["rejected_by_reason"] == {"ungrounded": 1}
+    assert summarize_trajectories(path, ids={"r1", "r3"})["accepted"] == 1  # only those runs
+    # the rule is applied afresh: with no verdict and no grounding check every answered run passes
+    assert summarize_trajectories(path, accept="none,grounded=0")["accepted"] == 4
 
 
 def test_teacher_spec_parsing():

@@ -224,6 +224,24 @@ def summarize(trajs: list[Trajectory], accepted: Mapping[str, bool], reasons: Co
     }
 
 
+def summarize_trajectories(path: str | os.PathLike, accept: "str | AcceptFilter | None" = None,
+                           ids: "set[str] | None" = None) -> dict[str, Any]:
+    """:func:`summarize` over a trajectories file as it stands, each run re-checked with ``accept``
+    (the figures of a job that was stopped or is still running); ``ids`` keeps only those runs."""
+    from masksearch.trajectory import read_trajectories
+
+    filt = AcceptFilter.parse(accept)
+    trajs = [t for t in read_trajectories(str(path)) if ids is None or t.id in ids]
+    accepted: dict[str, bool] = {}
+    reasons: Counter = Counter()
+    for t in trajs:
+        ok, why = filt.check(t)
+        accepted[t.id] = ok
+        if not ok:
+            reasons[why] += 1
+    return summarize(trajs, accepted, reasons)
+
+
 def build_cot_method(teacher: Any, retriever: Any, *, k: int = 5, max_docs: int = 10, max_turns: int = 5,
                      info_max_tokens: int = 512, llm_judge: bool = False, model_options: dict[str, Any] | None = None,
                      graph: Any = None, retriever_name: str | None = None) -> Any:
