@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import os
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ from masksearch.graphs import resources
 from masksearch.graphs.resources import DEFAULT_MODEL, SHARED_BM25
 from masksearch.protocol import information_block, message_text
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
+from masksearch.utils.scrub import scrub
 from masksearch.utils.names import spec_name
 
 
@@ -367,20 +366,21 @@ def build_teacher_graph(checkpointer: Any = None) -> Any:
 
 
 # ----------------------------------------------------------------------------- LLM call capture
-_SECRET_RE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,})")
 _SAFE_PARAMS = ("model", "model_name", "temperature", "max_tokens", "max_new_tokens", "top_p", "stop", "_type")
 
 
-def _secret_values() -> list[str]:
-    return [v for k, v in os.environ.items()
-            if v and len(v) >= 8 and any(s in k.upper() for s in ("KEY", "TOKEN", "SECRET", "PASSWORD"))]
-
-
-def scrub(text: str, secrets: list[str] | None = None) -> str:
-    """Remove API keys (environment secrets, ``sk-…``, bearer tokens) from captured text."""
-    for s in secrets if secrets is not None else _secret_values():
-        text = text.replace(s, "[redacted]")
-    return _SECRET_RE.sub("[redacted]", text)
+def _usage(response: Any) -> dict[str, int]:
+    """Prompt and completion tokens of a chat reply, where the backend reports them (the OpenAI
+    protocol does): what a slow teacher spends its time on, prefill or decoding."""
+    try:
+        meta = getattr(response.generations[0][0].message, "usage_metadata", None) or {}
+    except (IndexError, AttributeError):
+        meta = {}
+    tok = (getattr(response, "llm_output", None) or {}).get("token_usage") or {}
+    prompt = meta.get("input_tokens", tok.get("prompt_tokens"))
+    completion = meta.get("output_tokens", tok.get("completion_tokens"))
+    return ({"prompt_tokens": int(prompt), "completion_tokens": int(completion)}
+            if isinstance(prompt, int) and isinstance(completion, int) else {})
 
 
 class LLMCallRecorder(BaseCallbackHandler):
@@ -395,7 +395,6 @@ class LLMCallRecorder(BaseCallbackHandler):
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
         self._open: dict[Any, dict[str, Any]] = {}
-        self._secrets = _secret_values()
 
     def on_chat_model_start(self, serialized: dict, messages: list[list[Any]], *, run_id: Any,
                             tags: list[str] | None = None, metadata: dict | None = None, **kw: Any) -> None:
@@ -407,7 +406,7 @@ class LLMCallRecorder(BaseCallbackHandler):
             "attempt": meta.get("attempt", 0),
             "read": meta.get("read"),  # "json_schema" | "tags": how the role's reply was read
             "params": {k: params[k] for k in _SAFE_PARAMS if k in params and isinstance(params[k], (str, int, float, list))},
-            "messages": [{"role": getattr(m, "type", "?"), "content": scrub(message_text(m), self._secrets)}
+            "messages": [{"role": getattr(m, "type", "?"), "content": scrub(message_text(m))}
                          for m in (messages[0] if messages else [])],
             "output": None,
             "error": None,
@@ -423,15 +422,18 @@ class LLMCallRecorder(BaseCallbackHandler):
             text = response.generations[0][0].text
         except (IndexError, AttributeError):
             text = ""
-        o["rec"]["output"] = scrub(text or "", self._secrets)
+        o["rec"]["output"] = scrub(text or "")
         o["rec"]["seconds"] = round(time.perf_counter() - o["t0"], 3)
+        usage = _usage(response)
+        if usage:
+            o["rec"]["usage"] = usage
         self.calls.append(o["rec"])
 
     def on_llm_error(self, error: BaseException, *, run_id: Any, **kw: Any) -> None:
         o = self._open.pop(run_id, None)
         if o is None:
             return
-        o["rec"]["error"] = scrub(f"{type(error).__name__}: {error}", self._secrets)
+        o["rec"]["error"] = scrub(f"{type(error).__name__}: {error}")
         o["rec"]["seconds"] = round(time.perf_counter() - o["t0"], 3)
         self.calls.append(o["rec"])
 
