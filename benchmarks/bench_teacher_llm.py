@@ -62,10 +62,12 @@ def main() -> None:
     ap.add_argument("--index", default=None, help="BM25 index of the shared corpus (default: the cache's "
                                                   "bm25-shared, built once if missing)")
     ap.add_argument("--report-only", action="store_true", help="print the report from OUT as it stands; run nothing")
+    ap.add_argument("--baseline", default=None, help="with --report-only: an earlier OUT on the same questions; "
+                                                     "prints accepted runs paired question by question")
     args = ap.parse_args()
     tags = [t.strip() for t in args.models.split(",") if t.strip()]
     if args.report_only:
-        report_only(Path(args.out), tags, args.n)
+        report_only(Path(args.out), tags, args.n, Path(args.baseline) if args.baseline else None)
         return
 
     from masksearch.data.ramp import generate_ramp
@@ -143,8 +145,17 @@ def _print_report(results: dict[str, dict], tags: list[str], n: int, extra: dict
     print(json.dumps(final))
 
 
-def report_only(out: Path, tags: list[str], n: int) -> None:
-    """The report from ``out`` as it stands (see the module docstring); starts no server."""
+def _accepted_by_id(path: Path) -> dict[str, bool]:
+    from masksearch.training.export import AcceptFilter
+    from masksearch.trajectory import read_trajectories
+
+    filt = AcceptFilter()
+    return {t.id: filt.check(t)[0] for t in read_trajectories(str(path))}
+
+
+def report_only(out: Path, tags: list[str], n: int, baseline: Path | None = None) -> None:
+    """The report from ``out`` as it stands (see the module docstring); starts no server. With a
+    ``baseline`` (an earlier ``OUT``), the accepted runs of both on the questions both finished."""
     from masksearch.trajectory import read_trajectories
     from masksearch.training.export import summarize_trajectories
 
@@ -176,6 +187,16 @@ def report_only(out: Path, tags: list[str], n: int) -> None:
             extra[f"prefix_acceptance_rate_{_key(tag)}"] = pre["acceptance_rate"] if pre else None
             print(f"[{tag}] {len(done)} of {len(order)} questions done; the first {k} (file order) all done: "
                   f"{pre['accepted'] if pre else 0} accepted ({pre['acceptance_rate'] if pre else 0:.2%})")
+            base_path = baseline / tag / "trajectories.jsonl" if baseline else None
+            if base_path is not None and base_path.exists():
+                now, before = _accepted_by_id(path), _accepted_by_id(base_path)
+                both = [i for i in order if i in now and i in before]
+                gained = sum(1 for i in both if now[i] and not before[i])
+                lost = sum(1 for i in both if before[i] and not now[i])
+                print(f"[{tag}] paired with {baseline} on the {len(both)} questions both finished: accepted "
+                      f"{sum(before[i] for i in both)} then, {sum(now[i] for i in both)} now ({gained} gained, {lost} lost)")
+                extra[f"paired_{_key(tag)}"] = {"n": len(both), "baseline": sum(before[i] for i in both),
+                                                "now": sum(now[i] for i in both), "gained": gained, "lost": lost}
         results[tag] = s
     _print_report(results, tags, n, extra)
 
