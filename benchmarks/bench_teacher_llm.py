@@ -156,7 +156,6 @@ def _accepted_by_id(path: Path) -> dict[str, bool]:
 def report_only(out: Path, tags: list[str], n: int, baseline: Path | None = None) -> None:
     """The report from ``out`` as it stands (see the module docstring); starts no server. With a
     ``baseline`` (an earlier ``OUT``), the accepted runs of both on the questions both finished."""
-    from masksearch.trajectory import read_trajectories
     from masksearch.training.export import summarize_trajectories
 
     order = [json.loads(line)["id"] for line in open(out / "ramp.jsonl", encoding="utf-8") if line.strip()][:n]
@@ -168,7 +167,8 @@ def report_only(out: Path, tags: list[str], n: int, baseline: Path | None = None
         path = out / tag / "trajectories.jsonl"
         if not path.exists():
             continue
-        done = {t.id for t in read_trajectories(str(path))} & set(order)
+        now = _accepted_by_id(path)  # every finished run, read once
+        done = set(now) & set(order)
         s = summarize_trajectories(path, ids=set(order))
         if tag != "provenance":
             st = state.get(tag, {"seconds": 0.0, "new": 0})
@@ -189,7 +189,7 @@ def report_only(out: Path, tags: list[str], n: int, baseline: Path | None = None
                   f"{pre['accepted'] if pre else 0} accepted ({pre['acceptance_rate'] if pre else 0:.2%})")
             base_path = baseline / tag / "trajectories.jsonl" if baseline else None
             if base_path is not None and base_path.exists():
-                now, before = _accepted_by_id(path), _accepted_by_id(base_path)
+                before = _accepted_by_id(base_path)
                 both = [i for i in order if i in now and i in before]
                 gained = sum(1 for i in both if now[i] and not before[i])
                 lost = sum(1 for i in both if before[i] and not now[i])

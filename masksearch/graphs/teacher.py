@@ -45,8 +45,8 @@ from masksearch.graphs import resources
 from masksearch.graphs.resources import DEFAULT_MODEL, SHARED_BM25
 from masksearch.protocol import information_block, message_text
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
-from masksearch.utils.scrub import scrub
 from masksearch.utils.names import spec_name
+from masksearch.utils.scrub import scrub
 
 
 # ----------------------------------------------------------------------------- run context
