@@ -71,7 +71,7 @@ def main() -> None:
         return
 
     from masksearch.data.ramp import generate_ramp
-    from masksearch.models.llamacpp import shared_server
+    from masksearch.models.llamacpp import server_metrics, shared_server
     from masksearch.paths import home, shared_corpus
     from masksearch.retrieval import build_index
     from masksearch.training.export import run_cot
@@ -105,10 +105,14 @@ def main() -> None:
         if args.threads:
             opts["n_threads"] = args.threads
         t = time.perf_counter()
-        shared_server(name, n_parallel=args.concurrency, n_threads=args.threads)  # loaded before the clock
+        srv = shared_server(name, n_parallel=args.concurrency, n_threads=args.threads)  # loaded before the clock
         print(f"[{tag}] llama.cpp server ready in {time.perf_counter() - t:.1f}s")
         s = run_cot(ramp, out / tag, teacher=f"llamacpp:{name}", retriever=retriever, limit=args.n,
                     concurrency=args.concurrency, max_turns=args.max_turns, model_options=opts, progress=False)
+        try:  # where this pass's compute went: prompt tokens evaluated vs. tokens generated
+            s["server"] = server_metrics(srv.url)
+        except Exception as e:  # noqa: BLE001 - a report line, never the benchmark's failure
+            print(f"[{tag}] no server metrics: {e}")
         st = state.setdefault(tag, {"seconds": 0.0, "new": 0})
         st["seconds"] += s["seconds"]
         st["new"] += s["new_this_run"]
@@ -128,6 +132,19 @@ def _print_report(results: dict[str, dict], tags: list[str], n: int, extra: dict
     for k, s in results.items():
         print(f"[{k}] rejected: {s['rejected_by_reason']}  malformed replies: {s['malformed_role_outputs']}  "
               f"status: {s['by_status']}  re-planned after a refusal: {s.get('runs_replanned_after_refusal', 0)}")
+    for k, s in results.items():
+        if k == "provenance":
+            continue
+        tok = s.get("tokens_by_role") or {}
+        if tok:
+            print(f"[{k}] tokens per run by role (prompt / cached / completion): "
+                  + ", ".join(f"{r} {v['prompt']:.0f}/{v['cached']:.0f}/{v['completion']:.0f}" for r, v in tok.items()))
+        m = s.get("server")
+        if m:
+            ev, ca, gen = m.get("prompt_tokens_evaluated", 0), m.get("prompt_tokens_cached", 0), m.get("tokens_generated", 0)
+            print(f"[{k}] server: {ev:.0f} prompt tokens evaluated, {ca:.0f} from the prompt cache "
+                  f"({ca / (ev + ca) if ev + ca else 0:.0%}), {gen:.0f} generated; evaluated per generated token "
+                  f"{ev / gen if gen else 0:.1f}")
     prov = results.get("provenance", {})
     p_rate = prov.get("acceptance_rate") or 0.0
     for tag in tags:

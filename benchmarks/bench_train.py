@@ -15,6 +15,12 @@ Both use the embedded SmolLM2-135M and TRL's real trainers.
   ``gradient_accumulation_steps``, so there is still one optimizer step per generation batch and
   TRL needs no second forward pass for old log-probs).
 
+On a CPU with native bf16 (``avx512_bf16`` / AMX: ``masksearch.training.config.cpu_bf16_native``)
+the adopted configuration also autocasts to bf16, as ``masksearch train`` does there by default;
+the float32 "after" is then measured as well (``*_after_fp32``), so each change shows apart, and
+``--no-bf16`` measures float32 only. bf16 changes the loss in its third or fourth digit: the
+losses of all configurations are printed.
+
 Tokens/s counts the real (unpadded) tokens a step trains on: the rows for SFT, prompt + completion
 for GRPO, divided by the **CPU time** of the optimizer steps (all threads of the process), which is
 what stays comparable on a shared machine; wall-clock tokens/s are printed too (``*_wall``).  The loss of each step is printed for both
@@ -96,7 +102,7 @@ def sft_rows(cache: Path, retriever, n: int) -> list[dict]:
 
 # ----------------------------------------------------------------------------- SFT
 def run_sft_config(name: str, rows: list[dict], steps: int, batch: int, fast: bool, split: bool, workdir: Path,
-                   spec: str = "smollm2") -> dict:
+                   spec: str = "smollm2", bf16: bool = False) -> dict:
     import torch
     from trl import SFTConfig
 
@@ -110,7 +116,7 @@ def run_sft_config(name: str, rows: list[dict], steps: int, batch: int, fast: bo
                                 plot=False)
     cfg = SFTConfig(output_dir=str(workdir / name), max_steps=steps, per_device_train_batch_size=batch,
                     gradient_accumulation_steps=1, learning_rate=5e-5, lr_scheduler_type="constant", logging_steps=1,
-                    save_strategy="no", report_to="none", bf16=False, gradient_checkpointing=False, max_length=1024,
+                    save_strategy="no", report_to="none", bf16=bf16, gradient_checkpointing=False, max_length=1024,
                     seed=42, train_sampling_strategy="sequential", use_cpu=True)
     cfg = prepare_config(script, cfg)
     timer = step_timer()
@@ -123,7 +129,7 @@ def run_sft_config(name: str, rows: list[dict], steps: int, batch: int, fast: bo
     seconds, cpu = sum(timer.seconds), sum(timer.cpu_seconds)
     return {"name": name, "steps": steps, "rows_per_step": batch,
             "micro_batch": cfg.per_device_train_batch_size, "accumulation": cfg.gradient_accumulation_steps,
-            "fast_lm_head": fast, "tokens": sum(toks), "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+            "fast_lm_head": fast, "bf16": bool(cfg.bf16), "tokens": sum(toks), "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
             "step_seconds": [round(s, 2) for s in timer.seconds], "tok_s": round(sum(toks) / cpu, 1),
             "tok_s_wall": round(sum(toks) / seconds, 1), "loss": losses(trainer)}
 
@@ -199,7 +205,8 @@ def record_rollouts(retriever, examples, steps: int, completions: int, generatio
 
 
 def run_grpo_config(name: str, batches: list[dict], examples, steps: int, completions: int, generations: int,
-                    max_completion: int, micro: int, fast: bool, workdir: Path, spec: str = "smollm2") -> dict:
+                    max_completion: int, micro: int, fast: bool, workdir: Path, spec: str = "smollm2",
+                    bf16: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -222,7 +229,7 @@ def run_grpo_config(name: str, batches: list[dict], examples, steps: int, comple
                      gradient_accumulation_steps=accum, steps_per_generation=accum, num_generations=generations,
                      max_completion_length=max_completion, learning_rate=1e-5, lr_scheduler_type="constant",
                      loss_type="dapo", beta=0.0, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-                     shuffle_dataset=False, reward_weights=[0.5, 1.0, 1.0], seed=0)
+                     shuffle_dataset=False, reward_weights=[0.5, 1.0, 1.0], seed=0, bf16=bf16)
     adapt_to_device(cfg)
     timer = step_timer()
     replay = Replay(batches)
@@ -237,7 +244,7 @@ def run_grpo_config(name: str, batches: list[dict], examples, steps: int, comple
     toks = sum(len(p) + len(c) for b in batches[:steps] for p, c in zip(b["prompt_ids"], b["completion_ids"]))
     seconds, cpu = sum(timer.seconds), sum(timer.cpu_seconds)
     return {"name": name, "steps": steps, "completions_per_step": completions, "micro_batch": micro,
-            "accumulation": accum, "fast_lm_head": fast, "tokens": toks, "seconds": round(seconds, 2),
+            "accumulation": accum, "fast_lm_head": fast, "bf16": bool(cfg.bf16), "tokens": toks, "seconds": round(seconds, 2),
             "cpu_seconds": round(cpu, 2), "step_seconds": [round(s, 2) for s in timer.seconds],
             "tok_s": round(toks / cpu, 1), "tok_s_wall": round(toks / seconds, 1),
             "loss": losses(trainer), "replayed_batches": replay.calls}
@@ -257,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", choices=["sft", "grpo"], default=None)
     ap.add_argument("--model", default="smollm2", help="smollm2 (the embedded SmolLM2-135M) or a local model folder")
     ap.add_argument("--no-bf16-probe", action="store_true", help="skip the fp32 vs bf16-autocast probe")
+    ap.add_argument("--equal-loss-steps", type=int, default=0,
+                    help="with native bf16: also train the adopted SFT configuration this many steps in float32 and "
+                         "in bf16 on the same rows and print both loss curves")
+    ap.add_argument("--no-bf16", action="store_true", help="measure the adopted configuration in float32 even on "
+                                                            "a CPU with native bf16")
     args = ap.parse_args(argv)
 
     import torch
@@ -264,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     from masksearch.data.qa import load_qa
     from masksearch.paths import home, shared_bench, shared_corpus
     from masksearch.retrieval import build_index, make_retriever
+    from masksearch.training.config import cpu_bf16_native
 
     t_all = time.perf_counter()
     cache = home() / "bench_train"
@@ -272,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     if not idx.exists():
         build_index(str(shared_corpus()), kind="bm25", out=str(idx), progress=False)
     retriever = make_retriever(f"bm25:{idx}", k=3)
-    result: dict = {"torch_threads": torch.get_num_threads(), "load_avg_start": round(os.getloadavg()[0], 1)}
+    # the adopted configuration autocasts to bf16 where the CPU runs it natively (as `masksearch train`
+    # does by default there); then the float32 "after" is measured too, so each change shows apart
+    bf16 = cpu_bf16_native() and not args.no_bf16
+    result: dict = {"torch_threads": torch.get_num_threads(), "load_avg_start": round(os.getloadavg()[0], 1),
+                    "cpu_bf16_native": cpu_bf16_native(), "bf16_after": bf16}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         if args.skip != "sft":
@@ -280,11 +297,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"SFT: {len(rows)} provenance rows, {args.sft_steps} steps of {args.sft_batch}", flush=True)
             before = run_sft_config("sft_before", rows, args.sft_steps, args.sft_batch, fast=False, split=False, workdir=work, spec=args.model)
             print("SFT before:", json.dumps(before), flush=True)
-            after = run_sft_config("sft_after", rows, args.sft_steps, args.sft_batch, fast=True, split=True, workdir=work, spec=args.model)
+            if bf16:
+                mid = run_sft_config("sft_after_fp32", rows, args.sft_steps, args.sft_batch, fast=True, split=True,
+                                     workdir=work, spec=args.model)
+                print("SFT after, float32:", json.dumps(mid), flush=True)
+                result.update(sft_tok_s_after_fp32=mid["tok_s"], sft_loss_after_fp32=mid["loss"],
+                              sft_speedup_fp32=round(mid["tok_s"] / before["tok_s"], 2))
+            after = run_sft_config("sft_after", rows, args.sft_steps, args.sft_batch, fast=True, split=True, workdir=work,
+                                   spec=args.model, bf16=bf16)
             print("SFT after: ", json.dumps(after), flush=True)
             ratio = after["tok_s"] / before["tok_s"]
             print(f"SFT: {before['tok_s']:.0f} -> {after['tok_s']:.0f} tokens/s ({ratio:.2f}x); "
                   f"loss per step {before['loss']} vs {after['loss']}", flush=True)
+            if bf16 and args.equal_loss_steps:
+                n = args.equal_loss_steps
+                long_rows = sft_rows(cache, retriever, n * args.sft_batch)
+                curves = {}
+                for prec in ("fp32", "bf16"):
+                    r = run_sft_config(f"loss_{prec}", long_rows, n, args.sft_batch, fast=True, split=True, workdir=work,
+                                       spec=args.model, bf16=prec == "bf16")
+                    curves[prec] = r["loss"]
+                    curves[f"{prec}_cpu_seconds"] = r["cpu_seconds"]
+                half = n // 2
+                gap = [abs(b - a) / a for a, b in zip(curves["fp32"][half:], curves["bf16"][half:]) if a]
+                curves["mean_rel_gap_second_half"] = round(sum(gap) / len(gap), 4) if gap else None
+                print(f"SFT {n} steps, float32 vs bf16 loss: {curves['fp32']} vs {curves['bf16']} "
+                      f"(mean relative gap over the second half {curves['mean_rel_gap_second_half']})", flush=True)
+                result["sft_equal_loss"] = curves
             if not args.no_bf16_probe:
                 probe = bf16_probe(rows, args.model)
                 print(f"bf16 autocast probe (1 row fwd+bwd): {json.dumps(probe)}", flush=True)
@@ -304,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
                           max_completion=args.max_completion_length, workdir=work, spec=args.model)
             before = run_grpo_config("grpo_before", batches, examples, micro=args.completions, fast=False, **common)
             print("GRPO before:", json.dumps(before), flush=True)
-            after = run_grpo_config("grpo_after", batches, examples, micro=args.grpo_micro_batch, fast=True, **common)
+            if bf16:
+                mid = run_grpo_config("grpo_after_fp32", batches, examples, micro=args.grpo_micro_batch, fast=True, **common)
+                print("GRPO after, float32:", json.dumps(mid), flush=True)
+                result.update(grpo_tok_s_after_fp32=mid["tok_s"], grpo_loss_after_fp32=mid["loss"],
+                              grpo_speedup_fp32=round(mid["tok_s"] / before["tok_s"], 2))
+            after = run_grpo_config("grpo_after", batches, examples, micro=args.grpo_micro_batch, fast=True,
+                                    bf16=bf16, **common)
             print("GRPO after: ", json.dumps(after), flush=True)
             ratio = after["tok_s"] / before["tok_s"]
             per_step_rollout = rollout_s / args.grpo_steps

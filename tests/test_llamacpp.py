@@ -146,6 +146,40 @@ def test_real_server_answers_and_lists_its_model(qwen_server, qwen):
 
 
 @pytest.mark.slow
+def test_real_server_metrics_count_evaluated_cached_and_generated_tokens(qwen_server, qwen):
+    """``server_metrics``: what a CPU teacher spends its time on. A repeated prompt comes from the
+    prompt cache: its tokens are counted as cached (and in the reply's usage), not evaluated again."""
+    from masksearch.models.llamacpp import server_metrics
+    from masksearch.graphs.teacher import _usage
+
+    before = server_metrics(qwen_server.url)
+    assert {"prompt_tokens_evaluated", "prompt_tokens_cached", "tokens_generated"} <= set(before)
+    prompt = "List three colours of the rainbow, comma separated. " * 8
+    from langchain_core.messages import HumanMessage
+
+    first = qwen.generate([[HumanMessage(prompt)]])
+    mid = server_metrics(qwen_server.root)  # the root works as well as /v1
+    second = qwen.generate([[HumanMessage(prompt)]])
+    after = server_metrics(qwen_server.url)
+    n_prompt = _usage(first)["prompt_tokens"]
+    assert mid["prompt_tokens_evaluated"] - before["prompt_tokens_evaluated"] >= n_prompt * 0.9
+    assert mid["tokens_generated"] > before["tokens_generated"]
+    # the same prompt again: nearly all of it from the cache
+    assert after["prompt_tokens_cached"] - mid["prompt_tokens_cached"] >= n_prompt * 0.8
+    assert after["prompt_tokens_evaluated"] - mid["prompt_tokens_evaluated"] <= n_prompt * 0.2
+    assert _usage(second)["cached_tokens"] >= n_prompt * 0.8
+
+
+def test_server_metrics_of_a_dead_server_is_a_clear_error():
+    from masksearch.errors import MaskSearchError
+    from masksearch.models.llamacpp import server_metrics
+    from masksearch.utils.net import free_port
+
+    with pytest.raises(MaskSearchError, match="no /metrics"):
+        server_metrics(f"http://127.0.0.1:{free_port('127.0.0.1')}/v1", timeout=2)
+
+
+@pytest.mark.slow
 def test_real_server_concurrent_requests_each_get_their_own_answer(qwen):
     words = ["apple", "river", "castle", "violin", "tiger", "rocket"]  # 6 requests on 4 slots: 2 queue
     prompts = [f"Repeat exactly this one word and nothing else: {w}" for w in words]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from masksearch.training.export import AcceptFilter, format_problems, run_cot, trajectory_to_sft_row
-from masksearch.training.provenance import (MULTIHOP_TEACHER, REJECT_ANSWER, REJECT_NO_SUPPORT, REJECT_SEARCH,
+from masksearch.training.provenance import (ANSWER_IN_HAND, MULTIHOP_TEACHER, NOT_YET, REJECT_ANSWER, REJECT_NO_SUPPORT, REJECT_SEARCH,
                                             REJECT_SUPPORT, reject_reasons, run_multihop_provenance)
 
 PASSAGES = [
@@ -67,6 +67,8 @@ def test_two_hops_name_the_bridge_and_are_accepted(retriever):
     assert r.queries[0].startswith("What government position") and r.queries[1] == "Shirley Temple"
     assert [d.id for d in t.steps[0].documents] == ["kt"] and [d.id for d in t.steps[1].documents] == ["st"]
     assert "Shirley Temple" in t.steps[1].thought and "Kiss and Tell (1945 film)" in t.steps[1].thought
+    # the thoughts after a search say first whether the answer is in hand (the student's stop decision)
+    assert t.steps[1].thought.startswith(NOT_YET) and t.final_thought.startswith(ANSWER_IN_HAND)
     assert t.answer == "Chief of Protocol" and t.verdicts["grounded"]["ok"] is True
     assert t.provenance.teacher == MULTIHOP_TEACHER and t.provenance.retriever == "bm25:test"
     assert AcceptFilter().check(t) == (True, "accepted")

@@ -9,7 +9,8 @@ from test_teacher_fakes import MemoryRetriever
 
 from masksearch.protocol import parse_action
 from masksearch.training.export import AcceptFilter, format_problems, run_cot, trajectory_to_sft_row
-from masksearch.training.provenance import contains_span, masked_sentences, run_provenance, sentence_query
+from masksearch.training.provenance import (ANSWER_IN_HAND, NOT_YET, contains_span, masked_sentences, run_provenance,
+                                           sentence_query)
 
 
 def test_masked_sentences_and_query():
@@ -50,6 +51,8 @@ def test_masks_in_two_sentences_search_twice_and_answer_in_order():
            "masked_passage": "Gustave Eiffel was born in [mask] in 1832. The [mask] is the world's most-visited museum."}
     t = run_provenance(rec, MemoryRetriever())
     assert len(t.steps) == 2 and t.answer == "Dijon | Louvre"
+    # the same stop words as the multi-hop teacher: not yet after the first search, then the answer
+    assert t.steps[1].thought.startswith(NOT_YET) and t.final_thought.startswith(ANSWER_IN_HAND)
     assert t.verdicts["grounded"]["ok"] and t.verdicts["string"]["em"] == 1
     msgs = trajectory_to_sft_row(t)["messages"]
     assert [m["role"] for m in msgs].count("assistant") == 3 and format_problems(msgs) == []

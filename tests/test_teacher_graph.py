@@ -206,7 +206,8 @@ def test_token_usage_is_recorded_per_call_where_reported():
         def _generate(self, messages, stop=None, run_manager=None, **kw):
             text = super()._generate(messages, stop, run_manager, **kw).generations[0].message.content
             n_in = sum(len(str(m.content).split()) for m in messages)
-            msg = AIMessage(content=text, usage_metadata={"input_tokens": n_in, "output_tokens": 7, "total_tokens": n_in + 7})
+            msg = AIMessage(content=text, usage_metadata={"input_tokens": n_in, "output_tokens": 7, "total_tokens": n_in + 7,
+                                                          "input_token_details": {"cache_read": 3}})
             return ChatResult(generations=[ChatGeneration(message=msg)])
 
     model = Counted(scripts={"planner": [PLAN], "rewriter": [REWRITE], "observer": [ANSWER]})
@@ -214,9 +215,18 @@ def test_token_usage_is_recorded_per_call_where_reported():
     assert [c["usage"]["completion_tokens"] for c in t.llm_calls] == [7, 7, 7]
     obs = t.llm_calls[-1]
     assert obs["usage"]["prompt_tokens"] == sum(len(m["content"].split()) for m in obs["messages"])
+    assert obs["usage"]["cached_tokens"] == 3  # the server's prompt-cache hits, where it reports them
+    # summaries add them up per role, per run
+    from masksearch.training.export import tokens_by_role
+
+    by_role = tokens_by_role([t, t])
+    assert set(by_role) == {"planner", "rewriter", "observer"}
+    assert by_role["observer"] == {"cached": 3.0, "calls": 1.0, "completion": 7.0,
+                                   "prompt": float(obs["usage"]["prompt_tokens"])}
     # a backend that reports nothing leaves no usage field
     t2 = run_teacher(Q, ctx({"planner": [PLAN], "rewriter": [REWRITE], "observer": [ANSWER]})[1])
     assert all("usage" not in c for c in t2.llm_calls)
+    assert tokens_by_role([t2]) == {}
 
 
 def test_api_keys_never_reach_the_trace(monkeypatch):

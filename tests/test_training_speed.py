@@ -156,23 +156,42 @@ def test_adapt_to_device_really_turns_checkpointing_off_on_cpu():
     assert cfg.activation_checkpointing is False and cfg.gradient_checkpointing is False
 
 
-def test_adapt_to_device_really_turns_bf16_autocast_off_on_cpu():
+@pytest.mark.parametrize("native", [False, True])
+def test_adapt_to_device_keeps_bf16_autocast_only_on_a_cpu_with_native_bf16(monkeypatch, native):
     """The config turns bf16 into `mixed_precision` when it is built, and the Trainer's Accelerator
-    autocasts by that: a GRPOConfig built in code (TRL's default bf16=True) trained under bf16
-    autocast on a CPU, ~10x slower, although `adapt_to_device` had set bf16=False."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    autocasts by that. On a CPU without native bf16 a GRPOConfig built in code (TRL's default
+    bf16=True) trained under emulated bf16, ~10x slower, although `adapt_to_device` had set
+    bf16=False; on one with avx512_bf16 the same autocast is ~2x faster than float32, so it stays."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Trainer
     from trl import GRPOConfig
 
-    from masksearch.training.config import _has_gpu, adapt_to_device
+    from masksearch.training import config as tc
 
-    if _has_gpu():
+    if tc._has_gpu():
         pytest.skip("CPU-only behaviour")
+    monkeypatch.setattr(tc, "_CPU_BF16", native)
     cfg = GRPOConfig(output_dir="/tmp/ms-adapt-bf16", use_cpu=True, report_to="none")
     assert cfg.bf16 and cfg.mixed_precision == "bf16"  # TRL's default, resolved at construction
-    adapt_to_device(cfg)
-    assert cfg.bf16 is False and cfg.mixed_precision == "no"
-    from transformers import Trainer
-
+    tc.adapt_to_device(cfg)
+    assert cfg.bf16 is native and cfg.mixed_precision == ("bf16" if native else "no")
+    assert cfg.gradient_checkpointing is False and cfg.activation_checkpointing is False
     tiny = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
                                                         num_hidden_layers=1, num_attention_heads=2))
-    assert Trainer(model=tiny, args=cfg).accelerator.mixed_precision == "no"
+    assert Trainer(model=tiny, args=cfg).accelerator.mixed_precision == ("bf16" if native else "no")
+    # an explicit bf16=False stays float32 on any CPU
+    off = tc.adapt_to_device(GRPOConfig(output_dir="/tmp/ms-adapt-bf16", use_cpu=True, report_to="none", bf16=False))
+    assert off.bf16 is False and off.mixed_precision == "no"
+
+
+def test_cpu_bf16_native_reads_the_cpu_flags(monkeypatch, tmp_path):
+    from masksearch.training import config as tc
+
+    real = open
+    for flags, expect in (("fpu sse avx2 fma", False), ("fpu avx512f avx512_bf16 avx512_vnni", True),
+                          ("fpu amx_bf16 amx_tile", True)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(tc, "_CPU_BF16", None)
+        monkeypatch.setattr("builtins.open", lambda p, *a, **k: real(info if p == "/proc/cpuinfo" else p, *a, **k))
+        assert tc.cpu_bf16_native() is expect
+    monkeypatch.setattr(tc, "_CPU_BF16", None)

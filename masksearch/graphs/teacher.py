@@ -379,8 +379,16 @@ def _usage(response: Any) -> dict[str, int]:
     tok = (getattr(response, "llm_output", None) or {}).get("token_usage") or {}
     prompt = meta.get("input_tokens", tok.get("prompt_tokens"))
     completion = meta.get("output_tokens", tok.get("completion_tokens"))
-    return ({"prompt_tokens": int(prompt), "completion_tokens": int(completion)}
-            if isinstance(prompt, int) and isinstance(completion, int) else {})
+    if not (isinstance(prompt, int) and isinstance(completion, int)):
+        return {}
+    out = {"prompt_tokens": int(prompt), "completion_tokens": int(completion)}
+    # prompt tokens the server took from its prompt cache (llama.cpp, OpenAI: prompt_tokens_details)
+    cached = (meta.get("input_token_details") or {}).get("cache_read")
+    if cached is None:
+        cached = (tok.get("prompt_tokens_details") or {}).get("cached_tokens")
+    if isinstance(cached, int):
+        out["cached_tokens"] = cached
+    return out
 
 
 class LLMCallRecorder(BaseCallbackHandler):

@@ -7,6 +7,8 @@
 * :class:`LlamaCppServer` starts that command in a **subprocess** (so it can be killed, and a
   crash of the native server never takes the caller down), polls ``/health`` until the model is
   loaded and yields the base URL; it is a context manager.
+* :func:`server_metrics` reads the server's ``/metrics`` counters: prompt tokens evaluated (the
+  prompt cache's hits are not counted) and tokens generated, the two places a CPU teacher's time goes.
 * :func:`shared_server` keeps one server per (model, slots, context, threads) for the whole
   process, stopped at exit: the ``llamacpp:<name|path.gguf>`` model spec uses it, so a teacher spec
   starts its own server on first use.
@@ -71,6 +73,7 @@ def serve(model: str | os.PathLike, *, port: int = 8080, host: str = "127.0.0.1"
         cpu.n_threads = threads
         cpu.poll = poll  # 0: threads sleep instead of spinning between ops (a shared, busy machine)
     p.model_alias = {alias or Path(str(model)).name}
+    p.endpoint_metrics = True  # /metrics: prompt tokens evaluated vs. generated (see server_metrics)
     stop = stop or threading.Event()
     handlers = {}
     if threading.current_thread() is threading.main_thread():
@@ -211,6 +214,43 @@ class LlamaCppServer:
 
     def __repr__(self) -> str:
         return f"LlamaCppServer({self.model!r}, url={self.url if self.port else None!r}, alive={self.alive()})"
+
+
+METRICS = {  # llama.cpp's Prometheus counters -> our names
+    "llamacpp:prompt_tokens_total": "prompt_tokens_evaluated",
+    "llamacpp:prompt_tokens_cached_total": "prompt_tokens_cached",
+    "llamacpp:prompt_seconds_total": "prompt_seconds",
+    "llamacpp:tokens_predicted_total": "tokens_generated",
+    "llamacpp:tokens_predicted_seconds_total": "generation_seconds",
+    "llamacpp:n_decode_total": "decode_calls",
+}
+
+
+def server_metrics(url: str, timeout: float = 10.0) -> dict[str, float]:
+    """The counters of a llama.cpp server's ``/metrics`` (``url`` is its root or its ``/v1``).
+
+    ``prompt_tokens_evaluated`` counts only prompt tokens the model computed; the tokens served
+    from the prompt cache are ``prompt_tokens_cached``. The ``*_seconds`` sums are per request and overlap when slots decode together.
+    Raises :class:`MaskSearchError` when the server does not answer.
+    """
+    root = url[:-3] if url.rstrip("/").endswith("/v1") else url
+    root = root.rstrip("/")
+    try:
+        with urllib.request.urlopen(root + "/metrics", timeout=timeout) as r:
+            text = r.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise MaskSearchError(f"no /metrics from the llama.cpp server at {root}: {e}") from None
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.partition(" ")
+        if name in METRICS:
+            try:
+                out[METRICS[name]] = float(value)
+            except ValueError:
+                continue
+    return out
 
 
 _SHARED: dict[tuple, LlamaCppServer] = {}

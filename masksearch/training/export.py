@@ -208,7 +208,7 @@ def summarize(trajs: list[Trajectory], accepted: Mapping[str, bool], reasons: Co
     for t in trajs:
         malformed.update(t.metadata.get("malformed", {}) or {})
     teachers = Counter(t.provenance.teacher for t in trajs)
-    return {
+    out = {
         "trajectories": n,
         "accepted": n_acc,
         "rejected": n - n_acc,
@@ -222,6 +222,29 @@ def summarize(trajs: list[Trajectory], accepted: Mapping[str, bool], reasons: Co
         "runs_replanned_after_refusal": sum(1 for t in trajs if t.metadata.get("refusals")),
         "teachers": dict(teachers),
     }
+    tokens = tokens_by_role(trajs)
+    if tokens:
+        out["tokens_by_role"] = tokens
+    return out
+
+
+def tokens_by_role(trajs: list[Trajectory]) -> dict[str, dict[str, float]]:
+    """Mean tokens per run spent by each role (``prompt``, ``cached``: the part of the prompt the
+    server took from its cache, ``completion``), from the ``usage`` of the runs' LLM calls; empty
+    when no call reports usage (a provenance teacher, a backend without token counts)."""
+    sums: dict[str, Counter] = {}
+    for t in trajs:
+        for c in t.llm_calls or []:
+            u = c.get("usage")
+            if not u:
+                continue
+            acc = sums.setdefault(c.get("role") or "?", Counter())
+            acc["prompt"] += u.get("prompt_tokens", 0)
+            acc["cached"] += u.get("cached_tokens", 0)
+            acc["completion"] += u.get("completion_tokens", 0)
+            acc["calls"] += 1
+    n = len(trajs) or 1
+    return {r: {k: round(v / n, 1) for k, v in sorted(acc.items())} for r, acc in sorted(sums.items())}
 
 
 def summarize_trajectories(path: str | os.PathLike, accept: "str | AcceptFilter | None" = None,

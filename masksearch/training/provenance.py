@@ -41,8 +41,14 @@ _FIRST_THOUGHTS = (
     "To fill the {n} blank{s}, I should find the original passage. I will search for the sentence that contains the blank.",
     "I need the source of this text to restore the {n} missing span{s}. Let me search for the masked sentence.",
 )
-_NEXT_THOUGHT = "Another blank is in a different sentence. I will search for that sentence too."
-_FINAL_THOUGHT = "The passage \"{title}\" contains the sentence, so the missing span{s} {verb}: {spans}."
+# Every provenance teacher's thoughts say, in their first words, whether the answer is in hand: the
+# students of the first ablation learned the search loop and not when to stop (most runs reached the
+# turn cap with the answer already shown), and the RAMP stage can only teach that decision to the
+# downstream stage if both say it the same way.
+ANSWER_IN_HAND = "I have the answer now."
+NOT_YET = "I do not have the answer yet."
+_NEXT_THOUGHT = NOT_YET + " Another blank is in a different sentence. I will search for that sentence too."
+_FINAL_THOUGHT = ANSWER_IN_HAND + " The passage \"{title}\" contains the sentence, so the missing span{s} {verb}: {spans}."
 
 
 def masked_sentences(text: str) -> list[str]:
@@ -159,10 +165,10 @@ _HOP1_THOUGHTS = (
     "To answer this I need to find the passages it depends on. Let me search for the question.",
     "I should look up the entities in the question step by step, starting with the question itself.",
 )
-_HOP_FOUND = ("The passage \"{found}\" mentions {bridge}, the entity that links the facts. "
+_HOP_FOUND = (NOT_YET + " The passage \"{found}\" mentions {bridge}, the entity that links the facts. "
               "Next I will search for {bridge}.")
-_HOP_NEED = "I still need the facts about {bridge}. I will search for {bridge}."
-_MULTIHOP_FINAL = "{sources}: together they give the answer, {answer}."
+_HOP_NEED = NOT_YET + " I still need the facts about {bridge}. I will search for {bridge}."
+_MULTIHOP_FINAL = ANSWER_IN_HAND + " {sources}: together they give the answer, {answer}."
 
 
 def _doc_shown(doc: Document, information: str) -> bool:
