@@ -16,10 +16,9 @@ Both use the embedded SmolLM2-135M and TRL's real trainers.
   TRL needs no second forward pass for old log-probs).
 
 On a CPU with native bf16 (``avx512_bf16`` / AMX: ``masksearch.training.config.cpu_bf16_native``)
-the adopted configuration also autocasts to bf16, as ``masksearch train`` does there by default;
-the float32 "after" is then measured as well (``*_after_fp32``), so each change shows apart, and
-``--no-bf16`` measures float32 only. bf16 changes the loss in its third or fourth digit: the
-losses of all configurations are printed.
+the adopted configuration is also measured under bf16 autocast (``*_bf16``; ``--bf16 true`` of
+``masksearch train``, opt-in because it does not keep the loss); ``--equal-loss-steps N`` trains
+N SFT steps both ways on the same rows and prints the two loss curves; ``--no-bf16`` skips it.
 
 Tokens/s counts the real (unpadded) tokens a step trains on: the rows for SFT, prompt + completion
 for GRPO, divided by the **CPU time** of the optimizer steps (all threads of the process), which is
@@ -267,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--equal-loss-steps", type=int, default=0,
                     help="with native bf16: also train the adopted SFT configuration this many steps in float32 and "
                          "in bf16 on the same rows and print both loss curves")
-    ap.add_argument("--no-bf16", action="store_true", help="measure the adopted configuration in float32 even on "
-                                                            "a CPU with native bf16")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the opt-in bf16 measurement on a CPU with native bf16")
     args = ap.parse_args(argv)
 
     import torch
@@ -285,11 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     if not idx.exists():
         build_index(str(shared_corpus()), kind="bm25", out=str(idx), progress=False)
     retriever = make_retriever(f"bm25:{idx}", k=3)
-    # the adopted configuration autocasts to bf16 where the CPU runs it natively (as `masksearch train`
-    # does by default there); then the float32 "after" is measured too, so each change shows apart
+    # where the CPU runs bf16 natively, the adopted configuration is measured under bf16 autocast too
+    # (opt-in: `--bf16 true`), as a row of its own
     bf16 = cpu_bf16_native() and not args.no_bf16
     result: dict = {"torch_threads": torch.get_num_threads(), "load_avg_start": round(os.getloadavg()[0], 1),
-                    "cpu_bf16_native": cpu_bf16_native(), "bf16_after": bf16}
+                    "cpu_bf16_native": cpu_bf16_native()}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         if args.skip != "sft":
@@ -297,15 +295,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"SFT: {len(rows)} provenance rows, {args.sft_steps} steps of {args.sft_batch}", flush=True)
             before = run_sft_config("sft_before", rows, args.sft_steps, args.sft_batch, fast=False, split=False, workdir=work, spec=args.model)
             print("SFT before:", json.dumps(before), flush=True)
-            if bf16:
-                mid = run_sft_config("sft_after_fp32", rows, args.sft_steps, args.sft_batch, fast=True, split=True,
-                                     workdir=work, spec=args.model)
-                print("SFT after, float32:", json.dumps(mid), flush=True)
-                result.update(sft_tok_s_after_fp32=mid["tok_s"], sft_loss_after_fp32=mid["loss"],
-                              sft_speedup_fp32=round(mid["tok_s"] / before["tok_s"], 2))
             after = run_sft_config("sft_after", rows, args.sft_steps, args.sft_batch, fast=True, split=True, workdir=work,
-                                   spec=args.model, bf16=bf16)
+                                   spec=args.model)
             print("SFT after: ", json.dumps(after), flush=True)
+            if bf16:
+                b = run_sft_config("sft_after_bf16", rows, args.sft_steps, args.sft_batch, fast=True, split=True,
+                                   workdir=work, spec=args.model, bf16=True)
+                print("SFT after + bf16 (opt-in):", json.dumps(b), flush=True)
+                result.update(sft_tok_s_bf16=b["tok_s"], sft_loss_bf16=b["loss"],
+                              sft_speedup_bf16=round(b["tok_s"] / before["tok_s"], 2))
             ratio = after["tok_s"] / before["tok_s"]
             print(f"SFT: {before['tok_s']:.0f} -> {after['tok_s']:.0f} tokens/s ({ratio:.2f}x); "
                   f"loss per step {before['loss']} vs {after['loss']}", flush=True)
@@ -343,14 +341,14 @@ def main(argv: list[str] | None = None) -> int:
                           max_completion=args.max_completion_length, workdir=work, spec=args.model)
             before = run_grpo_config("grpo_before", batches, examples, micro=args.completions, fast=False, **common)
             print("GRPO before:", json.dumps(before), flush=True)
-            if bf16:
-                mid = run_grpo_config("grpo_after_fp32", batches, examples, micro=args.grpo_micro_batch, fast=True, **common)
-                print("GRPO after, float32:", json.dumps(mid), flush=True)
-                result.update(grpo_tok_s_after_fp32=mid["tok_s"], grpo_loss_after_fp32=mid["loss"],
-                              grpo_speedup_fp32=round(mid["tok_s"] / before["tok_s"], 2))
-            after = run_grpo_config("grpo_after", batches, examples, micro=args.grpo_micro_batch, fast=True,
-                                    bf16=bf16, **common)
+            after = run_grpo_config("grpo_after", batches, examples, micro=args.grpo_micro_batch, fast=True, **common)
             print("GRPO after: ", json.dumps(after), flush=True)
+            if bf16:
+                b = run_grpo_config("grpo_after_bf16", batches, examples, micro=args.grpo_micro_batch, fast=True,
+                                    bf16=True, **common)
+                print("GRPO after + bf16 (opt-in):", json.dumps(b), flush=True)
+                result.update(grpo_tok_s_bf16=b["tok_s"], grpo_loss_bf16=b["loss"],
+                              grpo_speedup_bf16=round(b["tok_s"] / before["tok_s"], 2))
             ratio = after["tok_s"] / before["tok_s"]
             per_step_rollout = rollout_s / args.grpo_steps
             whole = ((per_step_rollout + before["cpu_seconds"] / args.grpo_steps)

@@ -24,7 +24,7 @@ def test_sft_and_grpo_flags_parse_on_cpu_in_float32_and_bf16_on_request(tmp_path
     _, sft = parse_sft_args(["--config", str(yaml), "--output_dir", str(tmp_path / "s2")])
     assert sft.bf16 is False
     if native:  # asked for, on a CPU that runs it natively: kept, and the config starts (use_cpu)
-        _, sft = parse_sft_args(["--output_dir", str(tmp_path / "s3"), "--bf16", "true"])
+        _, sft = parse_sft_args(["--output_dir", str(tmp_path / "s3"), "--bf16", "true", "--use_cpu", "true"])
         assert sft.bf16 is True and sft.use_cpu is True
         tc.adapt_to_device(sft)
         assert sft.bf16 is True

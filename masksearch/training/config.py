@@ -82,9 +82,9 @@ _CPU_BF16: bool | None = None
 def cpu_bf16_native() -> bool:
     """Whether this CPU multiplies bf16 natively (``avx512_bf16`` or AMX-BF16 in its flags).
 
-    On such a CPU an SFT step of the 135M student under bf16 autocast is ~1.5x faster than in
+    On such a CPU an SFT step of the 135M student under bf16 autocast is ~1.4x faster than in
     float32, but its loss is ~8 % higher after the same 12 steps (``benchmarks/bench_train.py
-    --equal-loss-steps 12``), so it is opt-in (``--bf16 true``); on a CPU without, torch emulates
+    --equal-loss-steps 12``), so it is opt-in (``--bf16 true --use_cpu true``); on a CPU without, torch emulates
     every bf16 matmul and the step is ~14x slower. Read once from ``/proc/cpuinfo`` (False off Linux)."""
     global _CPU_BF16
     if _CPU_BF16 is None:
@@ -109,9 +109,9 @@ def _has_gpu() -> bool:
 def trl_parser(dataclass_types: tuple) -> Any:
     """TRL's ``TrlParser`` over our dataclasses + TRL's config, with CPU defaults without a GPU:
     float32 (TRL's default bf16 does not keep the loss on a CPU, :func:`cpu_bf16_native`; ``--bf16
-    true`` asks for it where the CPU runs it natively, and ``use_cpu`` then defaults to true, which
-    transformers asks for bf16 without a GPU) and no gradient checkpointing (TRL's default
-    recomputes every forward pass).  Under
+    true --use_cpu true`` asks for it where the CPU runs it natively: transformers wants
+    ``use_cpu`` for bf16 without a GPU) and no gradient checkpointing (TRL's default recomputes
+    every forward pass).  Under
     ``accelerate launch`` with several processes and no GPU, ``use_cpu`` defaults to true: only then
     does accelerate join the processes (``MULTI_CPU``, gloo); without it each would train alone.  A
     YAML file or a flag that sets them still wins."""
@@ -122,8 +122,7 @@ def trl_parser(dataclass_types: tuple) -> Any:
     parser = TrlParser(dataclass_types)
     if not _has_gpu():
         parser.set_defaults(bf16=False, gradient_checkpointing=False)
-        # transformers refuses bf16 without a GPU unless told to train on the CPU
-        if cpu_bf16_native() or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             parser.set_defaults(use_cpu=True)
     return parser
 
@@ -131,7 +130,7 @@ def trl_parser(dataclass_types: tuple) -> Any:
 def adapt_to_device(train_config: Any) -> Any:
     """Make a TRL config runnable where it is. Without a GPU, TRL's GPU-minded defaults only fail
     or slow the run: gradient checkpointing and fp16 are turned off, and a config's bf16 (autocast)
-    is kept only on a CPU that runs it natively (:func:`cpu_bf16_native`: ~1.5x faster a step, at a
+    is kept only on a CPU that runs it natively (:func:`cpu_bf16_native`: ~1.4x faster a step, at a
     higher loss); ``masksearch train`` sets bf16 false on a CPU unless asked."""
     if not _has_gpu():
         keep_bf16 = bool(getattr(train_config, "bf16", False)) and cpu_bf16_native()
