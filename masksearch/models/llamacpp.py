@@ -230,8 +230,9 @@ def server_metrics(url: str, timeout: float = 10.0) -> dict[str, float]:
     """The counters of a llama.cpp server's ``/metrics`` (``url`` is its root or its ``/v1``).
 
     ``prompt_tokens_evaluated`` counts only prompt tokens the model computed; the tokens served
-    from the prompt cache are ``prompt_tokens_cached``. The ``*_seconds`` sums are per request and overlap when slots decode together.
-    Raises :class:`MaskSearchError` when the server does not answer.
+    from the prompt cache are ``prompt_tokens_cached``. The ``*_seconds`` sums are per request and
+    overlap when slots decode together. Raises :class:`MaskSearchError` when the server does not
+    answer.
     """
     root = url[:-3] if url.rstrip("/").endswith("/v1") else url
     root = root.rstrip("/")
