@@ -162,7 +162,11 @@ def test_real_server_metrics_count_evaluated_cached_and_generated_tokens(qwen_se
     second = qwen.generate([[HumanMessage(prompt)]])
     after = server_metrics(qwen_server.url)
     n_prompt = _usage(first)["prompt_tokens"]
-    assert mid["prompt_tokens_evaluated"] - before["prompt_tokens_evaluated"] >= n_prompt * 0.9
+    d_eval = mid["prompt_tokens_evaluated"] - before["prompt_tokens_evaluated"]
+    d_cached = mid["prompt_tokens_cached"] - before["prompt_tokens_cached"]
+    # every prompt token is either evaluated or taken from the cache (the chat template's opening,
+    # shared with earlier tests' prompts, may come from the cache); the new words are evaluated
+    assert abs(d_eval + d_cached - n_prompt) <= 2 and d_eval >= n_prompt * 0.5
     assert mid["tokens_generated"] > before["tokens_generated"]
     # the same prompt again: nearly all of it from the cache
     assert after["prompt_tokens_cached"] - mid["prompt_tokens_cached"] >= n_prompt * 0.8
