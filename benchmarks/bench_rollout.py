@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = GRPOConfig(output_dir=d, max_steps=args.grpo_steps, per_device_train_batch_size=len(prompts),
                              num_generations=args.generations, max_completion_length=args.max_completion_length,
                              learning_rate=1e-6, logging_steps=1, report_to="none", save_strategy="no",
-                             use_cpu=True, shuffle_dataset=False, reward_weights=[0.5, 1.0])
+                             use_cpu=True, shuffle_dataset=False, reward_weights=[0.5, 1.0], bf16=False)
             adapt_to_device(cfg)  # as run_grpo does: no gradient checkpointing / bf16 without a GPU
             step_rollout = make_rollout_func(retriever, settings, examples=examples)
             trainer = GRPOTrainer(model=model, reward_funcs=[format_reward, recall_reward], args=cfg, train_dataset=ds,

@@ -16,8 +16,8 @@ Both use the embedded SmolLM2-135M and TRL's real trainers.
   TRL needs no second forward pass for old log-probs).
 
 On a CPU with native bf16 (``avx512_bf16`` / AMX: ``masksearch.training.config.cpu_bf16_native``)
-the adopted configuration is also measured under bf16 autocast (``*_bf16``; ``--bf16 true`` of
-``masksearch train``, opt-in because it does not keep the loss); ``--equal-loss-steps N`` trains
+the adopted configuration is also measured under bf16 autocast (``*_bf16``; ``--bf16 true
+--use_cpu true`` of ``masksearch train``, opt-in because it does not keep the loss); ``--equal-loss-steps N`` trains
 N SFT steps both ways on the same rows and prints the two loss curves; ``--no-bf16`` skips it.
 
 Tokens/s counts the real (unpadded) tokens a step trains on: the rows for SFT, prompt + completion
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         build_index(str(shared_corpus()), kind="bm25", out=str(idx), progress=False)
     retriever = make_retriever(f"bm25:{idx}", k=3)
     # where the CPU runs bf16 natively, the adopted configuration is measured under bf16 autocast too
-    # (opt-in: `--bf16 true`), as a row of its own
+    # (opt-in: `--bf16 true --use_cpu true`), as a row of its own
     bf16 = cpu_bf16_native() and not args.no_bf16
     result: dict = {"torch_threads": torch.get_num_threads(), "load_avg_start": round(os.getloadavg()[0], 1),
                     "cpu_bf16_native": cpu_bf16_native()}
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                     curves[prec] = r["loss"]
                     curves[f"{prec}_cpu_seconds"] = r["cpu_seconds"]
                 half = n // 2
-                gap = [abs(b - a) / a for a, b in zip(curves["fp32"][half:], curves["bf16"][half:]) if a]
+                gap = [abs(lo - fp) / fp for fp, lo in zip(curves["fp32"][half:], curves["bf16"][half:]) if fp]
                 curves["mean_rel_gap_second_half"] = round(sum(gap) / len(gap), 4) if gap else None
                 print(f"SFT {n} steps, float32 vs bf16 loss: {curves['fp32']} vs {curves['bf16']} "
                       f"(mean relative gap over the second half {curves['mean_rel_gap_second_half']})", flush=True)
