@@ -152,9 +152,10 @@ def bf16_probe(rows: list[dict], spec: str, repeats: int = 1, tokens: int = 384)
             loss.backward()
             best = min(best, time.process_time() - t0)
         times[name] = round(best, 2)
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    from masksearch.training.config import cpu_bf16_native
+
     return {"fp32_s": times["fp32"], "bf16_s": times["bf16"], "bf16_speedup": round(times["fp32"] / times["bf16"], 2),
-            "cpu_avx512_bf16": "avx512_bf16" in flags, "tokens": int(ids.shape[1])}
+            "cpu_bf16_native": cpu_bf16_native(), "tokens": int(ids.shape[1])}
 
 
 # ----------------------------------------------------------------------------- GRPO

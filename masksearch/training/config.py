@@ -84,8 +84,9 @@ def cpu_bf16_native() -> bool:
 
     On such a CPU an SFT step of the 135M student under bf16 autocast is ~1.4x faster than in
     float32, but its loss is ~8 % higher after the same 12 steps (``benchmarks/bench_train.py
-    --equal-loss-steps 12``), so it is opt-in (``--bf16 true --use_cpu true``); on a CPU without, torch emulates
-    every bf16 matmul and the step is ~14x slower. Read once from ``/proc/cpuinfo`` (False off Linux)."""
+    --equal-loss-steps 12``), so it is opt-in (``--bf16 true --use_cpu true``); on a CPU without,
+    torch emulates every bf16 matmul and the step is ~14x slower. Read once from ``/proc/cpuinfo``
+    (False off Linux)."""
     global _CPU_BF16
     if _CPU_BF16 is None:
         try:
