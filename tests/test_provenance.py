@@ -9,8 +9,8 @@ from test_teacher_fakes import MemoryRetriever
 
 from masksearch.protocol import parse_action
 from masksearch.training.export import AcceptFilter, format_problems, run_cot, trajectory_to_sft_row
-from masksearch.training.provenance import (ANSWER_IN_HAND, NOT_YET, contains_span, masked_sentences, run_provenance,
-                                           sentence_query)
+from masksearch.training.provenance import (ANSWER_IN_HAND, NOT_YET, contains_span, evidence_quote, evidence_quotes,
+                                           masked_sentences, run_provenance, sentence_query)
 
 
 def test_masked_sentences_and_query():
@@ -32,10 +32,33 @@ def test_grounded_run_is_accepted_and_named():
     assert t.status == "answered" and t.answer == "Dijon"
     assert t.verdicts["grounded"] == {"ok": True, "missing": []}
     assert [d.id for d in t.steps[0].documents][0] == "p6"  # the real retrieved documents
-    assert "Dijon" in t.steps[0].information and '"Dijon"' in t.final_thought
+    assert "Dijon" in t.steps[0].information and t.final_thought.endswith("the missing span is: Dijon.")
+    # the final thought quotes the shown sentence that holds the answer, word for word
+    quote = t.final_thought.split('says: "', 1)[1].split('"', 1)[0]
+    assert contains_span(quote, "Dijon") and quote in " ".join(t.steps[0].information.split())
     assert AcceptFilter().check(t) == (True, "accepted")
     msgs = trajectory_to_sft_row(t)["messages"]
     assert format_problems(msgs) == [] and parse_action(msgs[-1]["content"]).answer == "Dijon"
+
+
+INFO = ("<information>\nDoc 1 (Title: Paris) Paris is the capital. It has the Louvre.\n"
+        "Doc 2 (Title: Gustave Eiffel) Eiffel, an engineer of great fame and many bridges across the whole of France, "
+        "was born in Dijon on 15 December 1832 to a family of merchants. He died in Paris.\n"
+        "Doc 3 (Title: Cut) A truncated document ends in Lyon ...\n</information>")
+
+
+def test_evidence_quote_is_a_literal_window_of_the_right_sentence():
+    title, quote = evidence_quote(INFO, "Dijon", max_words=8)
+    assert title == "Gustave Eiffel" and len(quote.split()) == 8
+    assert "Dijon" in quote and quote in INFO  # a run of the sentence's own words, around the span
+    assert evidence_quote(INFO, "Louvre") == ("Paris", "It has the Louvre.")  # the sentence, not the doc
+    assert evidence_quote(INFO, "Paris", prefer=["Gustave Eiffel"]) == ("Gustave Eiffel", "He died in Paris.")
+    assert evidence_quote(INFO, "Paris")[0] == "Paris"  # otherwise the first shown document
+    assert evidence_quote(INFO, "Marseille") is None
+    assert evidence_quote(INFO, "...") is None and evidence_quote(INFO, "Lyon") == ("Cut", "A truncated document ends in Lyon")
+    # one quote: a span already inside it is not quoted again, and the quote's own full stop is not doubled
+    both = evidence_quotes(INFO, ["Louvre", "Paris"], max_quotes=1)
+    assert both == 'The passage "Paris" says: "It has the Louvre".' and evidence_quotes(INFO, ["Rome"]) == ""
 
 
 def test_ungrounded_run_is_rejected():

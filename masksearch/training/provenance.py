@@ -48,7 +48,14 @@ _FIRST_THOUGHTS = (
 ANSWER_IN_HAND = "I have the answer now."
 NOT_YET = "I do not have the answer yet."
 _NEXT_THOUGHT = NOT_YET + " Another blank is in a different sentence. I will search for that sentence too."
-_FINAL_THOUGHT = ANSWER_IN_HAND + " The passage \"{title}\" contains the sentence, so the missing span{s} {verb}: {spans}."
+# The final thought quotes the sentence of the shown passage that holds the answer, then reads the
+# answer off the quote: the students of the second ablation named passages no search had shown and
+# answered wrongly after one search; copying a sentence out of <information> is what a small model
+# does well, and the answer is then a span of its own thought (see :func:`evidence_quotes`).
+_FINAL_THOUGHT = ANSWER_IN_HAND + " {evidence} So the missing span{s} {verb}: {spans}."
+_QUOTE = "The passage \"{title}\" says: \"{quote}\""
+QUOTE_MAX_WORDS = 20  # words of one quote: the final turn (thought + answer) fits in 96 new tokens
+_DOC_LINE = re.compile(r"^Doc \d+ \(Title: (.*?)\) (.*)$")
 
 
 def masked_sentences(text: str) -> list[str]:
@@ -67,6 +74,56 @@ def sentence_query(sentence: str, max_words: int = 40) -> str:
 def contains_span(information: str, span: str) -> bool:
     """Whether ``span`` occurs in ``information`` (normalised, on word boundaries)."""
     return span_in_text(information, span)
+
+
+def _window(words: list[str], span: str, max_words: int) -> str | None:
+    """The shortest run of ``words`` that contains ``span``, widened evenly to ``max_words`` words."""
+    n = len(words)
+    for width in range(1, min(n, max(max_words, 3 * len(span.split()) + 5)) + 1):
+        for i in range(0, n - width + 1):
+            if contains_span(" ".join(words[i:i + width]), span):
+                extra = max(0, max_words - width)
+                lo = max(0, i - extra // 2)
+                hi = min(n, lo + max(width, max_words))
+                lo = max(0, hi - max(width, max_words))
+                return " ".join(words[lo:hi])
+    return None
+
+
+def evidence_quote(information: str, span: str, max_words: int = QUOTE_MAX_WORDS,
+                   prefer: Any = ()) -> tuple[str, str] | None:
+    """``(title, quote)``: the first sentence of a shown document that contains ``span``, as a
+    literal run of its words (at most ``max_words``, around the span), or ``None``.  ``information``
+    is one or more ``<information>`` blocks of ``Doc i (Title: T) text`` lines; documents titled as
+    in ``prefer`` are tried first; a truncated document's trailing ``...`` is not quoted."""
+    docs = [m.groups() for m in (_DOC_LINE.match(line.strip()) for line in (information or "").splitlines()) if m]
+    prefer = set(prefer)
+    for title, text in sorted(docs, key=lambda d: d[0] not in prefer):  # stable: shown order otherwise
+        if text.endswith(" ..."):
+            text = text[:-4]
+        if not contains_span(text, span):
+            continue
+        for sent in _SENT_SPLIT.split(text):
+            if contains_span(sent, span):
+                quote = _window(sent.split(), span, max_words)
+                if quote:
+                    return title, quote
+    return None
+
+
+def evidence_quotes(information: str, spans: list[str], max_quotes: int = 1,
+                    max_words: int = QUOTE_MAX_WORDS, prefer: Any = ()) -> str:
+    """The final thought's evidence: one :data:`_QUOTE` for each span not already inside an earlier
+    quote (at most ``max_quotes``: one keeps the final turn within the evaluation's 96 new tokens),
+    joined; ``""`` when no span is in ``information``."""
+    quotes: list[tuple[str, str]] = []
+    for span in spans:
+        if any(contains_span(q, span) for _, q in quotes):
+            continue
+        found = evidence_quote(information, span, max_words, prefer)
+        if found and len(quotes) < max_quotes:
+            quotes.append(found)
+    return " ".join(_QUOTE.format(title=t, quote=q.rstrip(".!?;:, ")) + "." for t, q in quotes)
 
 
 def _seed(example_id: str) -> int:
@@ -102,10 +159,9 @@ def run_provenance(example: Any, retriever: Any, *, k: int = 5, info_max_tokens:
         if all(contains_span(info_all, s) for s in spans):
             break
     missing = [s for s in spans if not contains_span(info_all, s)]
-    title = next((d.title for st in steps for d in st.documents if spans and contains_span(d.text, spans[0])), "")
     answer = join_answers(spans)
-    final = _FINAL_THOUGHT.format(title=title or "found", s=plural, verb="are" if n != 1 else "is",
-                                  spans=answer)
+    evidence = evidence_quotes(info_all, spans) or "The search found the sentence."
+    final = _FINAL_THOUGHT.format(evidence=evidence, s=plural, verb="are" if n != 1 else "is", spans=answer)
     grounded = {"ok": not missing and bool(steps), "missing": missing}
     status = "answered" if steps else "error"
     traj = Trajectory(
@@ -168,7 +224,7 @@ _HOP1_THOUGHTS = (
 _HOP_FOUND = (NOT_YET + " The passage \"{found}\" mentions {bridge}, the entity that links the facts. "
               "Next I will search for {bridge}.")
 _HOP_NEED = NOT_YET + " I still need the facts about {bridge}. I will search for {bridge}."
-_MULTIHOP_FINAL = ANSWER_IN_HAND + " {sources}: together they give the answer, {answer}."
+_MULTIHOP_FINAL = ANSWER_IN_HAND + " {evidence} So the answer is {answer}."
 
 
 def _doc_shown(doc: Document, information: str) -> bool:
@@ -251,8 +307,8 @@ def run_multihop_provenance(example: Any, retriever: Any, *, k: int = 5, info_ma
     else:
         reason = ""
     answer = answer_shown or (golds[0] if golds else "")
-    sources = " and ".join(f"\"{shown.get(pid, title_of[pid])}\"" for pid in sup_ids) or "The passages"
-    final = _MULTIHOP_FINAL.format(sources=sources, answer=answer)
+    evidence = evidence_quotes(info_all, [answer], prefer=shown.values()) or "The passages give it."
+    final = _MULTIHOP_FINAL.format(evidence=evidence, answer=answer)
     grounded = {"ok": not reason, "reason": reason or "accepted", "missing": [] if answer_shown else golds,
                 "missing_passages": missing_passages}
     traj = Trajectory(
