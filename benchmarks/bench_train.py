@@ -8,12 +8,15 @@ Both use the embedded SmolLM2-135M and TRL's real trainers.
   by default).  *After*: ``fast_lm_head`` (the head only on loss positions) and each row its own
   micro-batch (``padding_free_accumulation``: no padding, same rows per optimizer step).
 * **GRPO**: the optimisation of real student-graph rollouts.  The rollouts are made once with the
-  embedded model and the BM25 retriever, then *replayed* to both trainers, so both optimise exactly
+  embedded model and the BM25 retriever, then *replayed* to every trainer, so all optimise exactly
   the same completions and the loss can be compared step by step.  *Before*: one forward/backward
-  over the padded generation batch, head on every position.  *After*: ``fast_lm_head`` and
-  micro-batches of ``--grpo-micro-batch`` completions (``steps_per_generation`` =
-  ``gradient_accumulation_steps``, so there is still one optimizer step per generation batch and
-  TRL needs no second forward pass for old log-probs).
+  over the padded generation batch, head on every position.  *Unpadded* (the previously adopted
+  path): ``fast_lm_head`` and micro-batches of ``--grpo-micro-batch`` completions
+  (``steps_per_generation`` = ``gradient_accumulation_steps``, so there is still one optimizer step
+  per generation batch and TRL needs no second forward pass for old log-probs).  *After*:
+  ``share_prompt_prefix`` (:mod:`masksearch.training.prefix_sharing`): the generation batch is one
+  micro-batch, each group's prompt runs once, each completion on the prompt's cached keys/values
+  without padding, the head on the model's own tokens only.
 
 On a CPU with native bf16 (``avx512_bf16`` / AMX: ``masksearch.training.config.cpu_bf16_native``)
 the adopted configuration is also measured under bf16 autocast (``*_bf16``; ``--bf16 true
@@ -206,7 +209,7 @@ def record_rollouts(retriever, examples, steps: int, completions: int, generatio
 
 def run_grpo_config(name: str, batches: list[dict], examples, steps: int, completions: int, generations: int,
                     max_completion: int, micro: int, fast: bool, workdir: Path, spec: str = "smollm2",
-                    bf16: bool = False) -> dict:
+                    bf16: bool = False, share: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -239,12 +242,13 @@ def run_grpo_config(name: str, batches: list[dict], examples, steps: int, comple
     trainer = student_grpo_trainer_class()(model=model, reward_funcs=rewards, args=cfg,
                                            train_dataset=ds, processing_class=tok, rollout_func=replay,
                                            callbacks=[timer])
+    trainer.share_prompt_prefix = share
     with fast_lm_head(fast):
         trainer.train()
     toks = sum(len(p) + len(c) for b in batches[:steps] for p, c in zip(b["prompt_ids"], b["completion_ids"]))
     seconds, cpu = sum(timer.seconds), sum(timer.cpu_seconds)
     return {"name": name, "steps": steps, "completions_per_step": completions, "micro_batch": micro,
-            "accumulation": accum, "fast_lm_head": fast, "bf16": bool(cfg.bf16), "tokens": toks, "seconds": round(seconds, 2),
+            "accumulation": accum, "fast_lm_head": fast, "share_prompt_prefix": share, "bf16": bool(cfg.bf16), "tokens": toks, "seconds": round(seconds, 2),
             "cpu_seconds": round(cpu, 2), "step_seconds": [round(s, 2) for s in timer.seconds],
             "tok_s": round(toks / cpu, 1), "tok_s_wall": round(toks / seconds, 1),
             "loss": losses(trainer), "replayed_batches": replay.calls}
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grpo-steps", type=int, default=1)
     ap.add_argument("--completions", type=int, default=4, help="completions per GRPO step")
     ap.add_argument("--generations", type=int, default=2)
-    ap.add_argument("--grpo-micro-batch", type=int, default=1, help="completions per forward/backward, after")
+    ap.add_argument("--grpo-micro-batch", type=int, default=1, help="completions per forward/backward of the unpadded row")
     ap.add_argument("--max-completion-length", type=int, default=256)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--max-turns", type=int, default=2)
@@ -342,11 +346,17 @@ def main(argv: list[str] | None = None) -> int:
                           max_completion=args.max_completion_length, workdir=work, spec=args.model)
             before = run_grpo_config("grpo_before", batches, examples, micro=args.completions, fast=False, **common)
             print("GRPO before:", json.dumps(before), flush=True)
-            after = run_grpo_config("grpo_after", batches, examples, micro=args.grpo_micro_batch, fast=True, **common)
-            print("GRPO after: ", json.dumps(after), flush=True)
+            unpadded = run_grpo_config("grpo_unpadded", batches, examples, micro=args.grpo_micro_batch, fast=True,
+                                       **common)
+            print("GRPO unpadded micro-batches (the previous adopted path):", json.dumps(unpadded), flush=True)
+            after = run_grpo_config("grpo_after", batches, examples, micro=args.completions, fast=True, share=True,
+                                    **common)
+            print("GRPO after (shared prompt prefix): ", json.dumps(after), flush=True)
+            result.update(grpo_tok_s_unpadded=unpadded["tok_s"], grpo_loss_unpadded=unpadded["loss"],
+                          grpo_speedup_unpadded=round(unpadded["tok_s"] / before["tok_s"], 2))
             if bf16:
-                b = run_grpo_config("grpo_after_bf16", batches, examples, micro=args.grpo_micro_batch, fast=True,
-                                    bf16=True, **common)
+                b = run_grpo_config("grpo_after_bf16", batches, examples, micro=args.completions, fast=True,
+                                    bf16=True, share=True, **common)
                 print("GRPO after + bf16 (opt-in):", json.dumps(b), flush=True)
                 result.update(grpo_tok_s_bf16=b["tok_s"], grpo_loss_bf16=b["loss"],
                               grpo_speedup_bf16=round(b["tok_s"] / before["tok_s"], 2))

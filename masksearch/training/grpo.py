@@ -113,6 +113,30 @@ def student_grpo_trainer_class() -> type:
     from trl import GRPOTrainer
 
     class StudentGRPOTrainer(GRPOTrainer):
+        share_prompt_prefix = False  # run_grpo turns it on (see masksearch.training.prefix_sharing)
+        _tool_mask = None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            self._tool_mask = inputs.get("tool_mask")  # the model's own tokens: the only ones the loss scores
+            try:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                self._tool_mask = None
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,  # noqa: ANN001
+                                               batch_size=None, compute_entropy=False, compute_aux_loss=False, **kw):
+            if (self.share_prompt_prefix and not compute_aux_loss and self.top_entropy_quantile >= 1.0
+                    and all(v is None for v in kw.values())):
+                from masksearch.training.prefix_sharing import shared_prompt_logps
+
+                out = shared_prompt_logps(model, input_ids, attention_mask, logits_to_keep, tool_mask=self._tool_mask,
+                                          compute_entropy=compute_entropy, autocast=self.accelerator.autocast)
+                if out is not None:
+                    return out[0], out[1], None
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kw)
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             pop = getattr(self.rollout_func, "pop_metrics", None)
             if pop is not None:
@@ -259,11 +283,15 @@ def run_grpo(
     """
     from trl.trainer.utils import get_peft_config
 
-    from masksearch.training.config import adapt_to_device
+    from masksearch.training.config import _has_gpu, adapt_to_device
+    from masksearch.training.prefix_sharing import group_micro_batches
     from masksearch.training.speed import fast_lm_head
 
     adapt_to_device(training_args)
-    if script.padding_free_accumulation:
+    share = script.share_prompt_prefix and not _has_gpu()
+    if share:  # whole groups per micro-batch, scored row by row without padding (prefix_sharing)
+        group_micro_batches(training_args)
+    elif script.padding_free_accumulation:
         unpad_micro_batches(training_args)
     if script.rollout_backend not in ("policy", "vllm"):
         raise MaskSearchError(f"unknown rollout_backend {script.rollout_backend!r}: use policy or vllm")
@@ -286,6 +314,7 @@ def run_grpo(
         rollout_func=rollout, peft_config=get_peft_config(model_args) if model_args is not None else None,
         callbacks=[curves, *callbacks],
     )
+    trainer.share_prompt_prefix = share
     t0 = time.perf_counter()
     with fast_lm_head(script.fast_lm_head):
         trainer.train()

@@ -41,6 +41,11 @@ class GRPOScriptArguments:
         "help": "Without a GPU, optimise each completion as its own micro-batch (per_device_train_batch_size "
                 "completions become accumulation steps of one): no padding, one optimizer step per generation "
                 "batch as before, the same loss."})
+    share_prompt_prefix: bool = field(default=True, metadata={
+        "help": "Without a GPU, run each group's prompt through the model once and every completion on its cached "
+                "keys/values, row by row without padding, the LM head on the model's own tokens only; the whole "
+                "generation batch is one micro-batch (same loss and steps). Takes the place of "
+                "padding_free_accumulation; false: that path."})
     fast_lm_head: bool = field(default=True, metadata={
         "help": "Score only loss-carrying positions in TRL's fused LM head on every device (same loss; faster on CPU)."})
 
