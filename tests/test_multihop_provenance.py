@@ -71,8 +71,8 @@ def test_two_hops_name_the_bridge_and_are_accepted(retriever):
     assert t.steps[1].thought.startswith(NOT_YET) and t.final_thought.startswith(ANSWER_IN_HAND)
     assert t.answer == "Chief of Protocol" and t.verdicts["grounded"]["ok"] is True
     # the final thought quotes the supporting sentence that holds the answer and names only that passage
-    assert t.final_thought == (ANSWER_IN_HAND + ' The passage "Shirley Temple" says: "Shirley Temple Black was an actress '
-                               'who later served as Chief of Protocol of the United States". So the answer is Chief of Protocol.')
+    assert t.final_thought == (ANSWER_IN_HAND + ' The passage "Shirley Temple" says: "was an actress '
+                               'who later served as Chief of Protocol of the United States".')
     assert t.provenance.teacher == MULTIHOP_TEACHER and t.provenance.retriever == "bm25:test"
     assert AcceptFilter().check(t) == (True, "accepted")
     msgs = trajectory_to_sft_row(t)["messages"]

@@ -32,7 +32,7 @@ def test_grounded_run_is_accepted_and_named():
     assert t.status == "answered" and t.answer == "Dijon"
     assert t.verdicts["grounded"] == {"ok": True, "missing": []}
     assert [d.id for d in t.steps[0].documents][0] == "p6"  # the real retrieved documents
-    assert "Dijon" in t.steps[0].information and t.final_thought.endswith("the missing span is: Dijon.")
+    assert "Dijon" in t.steps[0].information and t.final_thought.startswith(ANSWER_IN_HAND + ' The passage "')
     # the final thought quotes the shown sentence that holds the answer, word for word
     quote = t.final_thought.split('says: "', 1)[1].split('"', 1)[0]
     assert contains_span(quote, "Dijon") and quote in " ".join(t.steps[0].information.split())

@@ -51,10 +51,11 @@ _NEXT_THOUGHT = NOT_YET + " Another blank is in a different sentence. I will sea
 # The final thought quotes the sentence of the shown passage that holds the answer, then reads the
 # answer off the quote: the students of the second ablation named passages no search had shown and
 # answered wrongly after one search; copying a sentence out of <information> is what a small model
-# does well, and the answer is then a span of its own thought (see :func:`evidence_quotes`).
-_FINAL_THOUGHT = ANSWER_IN_HAND + " {evidence} So the missing span{s} {verb}: {spans}."
+# does well, and the answer is then a span of its own thought (see :func:`evidence_quotes`).  The
+# answer is not repeated in the thought: the final turn stays within the evaluation's 96 new tokens.
+_FINAL_THOUGHT = ANSWER_IN_HAND + " {evidence}"
 _QUOTE = "The passage \"{title}\" says: \"{quote}\""
-QUOTE_MAX_WORDS = 20  # words of one quote: the final turn (thought + answer) fits in 96 new tokens
+QUOTE_MAX_WORDS = 14  # words of one quote: the final turn (thought + answer) fits in 96 new tokens
 _DOC_LINE = re.compile(r"^Doc \d+ \(Title: (.*?)\) (.*)$")
 
 
@@ -161,7 +162,7 @@ def run_provenance(example: Any, retriever: Any, *, k: int = 5, info_max_tokens:
     missing = [s for s in spans if not contains_span(info_all, s)]
     answer = join_answers(spans)
     evidence = evidence_quotes(info_all, spans) or "The search found the sentence."
-    final = _FINAL_THOUGHT.format(evidence=evidence, s=plural, verb="are" if n != 1 else "is", spans=answer)
+    final = _FINAL_THOUGHT.format(evidence=evidence)
     grounded = {"ok": not missing and bool(steps), "missing": missing}
     status = "answered" if steps else "error"
     traj = Trajectory(
@@ -224,7 +225,7 @@ _HOP1_THOUGHTS = (
 _HOP_FOUND = (NOT_YET + " The passage \"{found}\" mentions {bridge}, the entity that links the facts. "
               "Next I will search for {bridge}.")
 _HOP_NEED = NOT_YET + " I still need the facts about {bridge}. I will search for {bridge}."
-_MULTIHOP_FINAL = ANSWER_IN_HAND + " {evidence} So the answer is {answer}."
+_MULTIHOP_FINAL = ANSWER_IN_HAND + " {evidence}"
 
 
 def _doc_shown(doc: Document, information: str) -> bool:
@@ -308,7 +309,7 @@ def run_multihop_provenance(example: Any, retriever: Any, *, k: int = 5, info_ma
         reason = ""
     answer = answer_shown or (golds[0] if golds else "")
     evidence = evidence_quotes(info_all, [answer], prefer=shown.values()) or "The passages give it."
-    final = _MULTIHOP_FINAL.format(evidence=evidence, answer=answer)
+    final = _MULTIHOP_FINAL.format(evidence=evidence)
     grounded = {"ok": not reason, "reason": reason or "accepted", "missing": [] if answer_shown else golds,
                 "missing_passages": missing_passages}
     traj = Trajectory(
