@@ -25,10 +25,7 @@ path, unchanged.
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 __all__ = ["group_micro_batches", "shared_prompt_logps"]
 
@@ -55,8 +52,8 @@ def group_micro_batches(args: Any) -> Any:
 
 
 def _row_span(mask_row: Any, left: bool) -> tuple[int, int] | None:
-    """``(start, end)`` of the ones of a 0/1 row when they are one contiguous run at the left padding
-    side's opposite end (prompts: left-padded; completions: right-padded), else ``None``."""
+    """``(start, end)`` of the ones of a 0/1 mask row when they are one contiguous run flush right
+    (``left``: a left-padded prompt) or flush left (a right-padded completion), else ``None``."""
     n = int(mask_row.sum())
     length = mask_row.numel()
     if n == 0:
