@@ -85,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--n-boot", type=int, default=10000)
     ap.add_argument("--report-only", action="store_true", help="rescore the stored predictions; run nothing")
+    ap.add_argument("--steps", default="", help="override the budget's step counts, e.g. ramp=120,downstream=20,grpo=8 "
+                    "(stored in OUT/plan.json; a different override needs a new --out)")
     ap.add_argument("--rows", default="", help="comma-separated rows to run (default: all); a second process "
                     "on the same --out can take some rows (stages and rows are locked)")
     args = ap.parse_args(argv)
     if not 1 <= args.limit <= 50 or not 1 <= (args.limit_in_domain or 1) <= 50:
         ap.error("--limit and --limit-in-domain must be in 1..50")
 
-    from masksearch.pipelines.ablation import ablation_report, run_ablation
+    from masksearch.pipelines.ablation import ablation_report, parse_steps, run_ablation
 
     t0 = time.perf_counter()
     if not args.report_only:
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                      sft_step_seconds=args.sft_step_seconds, concurrency=args.concurrency, k=args.k,
                      max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
                      info_max_tokens=args.info_max_tokens, force_answer=args.force_answer,
+                     steps=parse_steps(args.steps),
                      **({"rows": [r.strip() for r in args.rows.split(",") if r.strip()]} if args.rows else {}))
     rep = ablation_report(args.out, n_boot=args.n_boot, force_answer=args.force_answer)
     for f in rep.get("files", []):

@@ -159,6 +159,27 @@ def test_budget_plan_gives_both_downstream_rows_the_same_steps():
                                            "ramp+downstream-sft+grpo"]
 
 
+def test_step_overrides_make_a_new_plan_and_a_clashing_rerun_is_refused(tmp_path):
+    from masksearch.pipelines.ablation import ablation_config, parse_steps, resolve_plan
+    from masksearch.pipelines.two_stage import PipelineError
+
+    steps = parse_steps("ramp=120, downstream=20")
+    assert steps == {"ramp_sft_steps": 120, "downstream_sft_steps": 20}
+    for bad in ("ramp=0", "rampp=3", "ramp=x", "grpo"):
+        with pytest.raises(PipelineError, match="bad step override"):
+            parse_steps(bad)
+    plan = resolve_plan(tmp_path, 20, steps, 35.0)
+    assert (plan["ramp_sft_steps"], plan["downstream_sft_steps"], plan["grpo_steps"]) == (120, 20, 2)
+    assert plan["overridden"] == ["downstream_sft_steps", "ramp_sft_steps"]
+    assert json.loads((tmp_path / "plan.json").read_text()) == plan
+    assert resolve_plan(tmp_path, 99) == plan  # a rerun reuses the stored plan whatever the budget says
+    assert resolve_plan(tmp_path, 20, {"ramp_sft_steps": 120}) == plan  # an agreeing override is fine
+    with pytest.raises(PipelineError, match="new --out"):
+        resolve_plan(tmp_path, 20, {"ramp_sft_steps": 41})
+    ds = {s.name: s.max_steps for s in ablation_config(str(tmp_path), 20, plan=plan).stages}
+    assert ds == {"ramp-sft": 120, "ramp-downstream-sft": 20, "downstream-sft": 20, "ramp-downstream-grpo": 2}
+
+
 def test_stage_lock_is_exclusive_and_taken_over_from_a_dead_owner(tmp_path):
     import subprocess
     import sys

@@ -96,26 +96,67 @@ RUN_ORDER = ("downstream-sft", "ramp+downstream-sft", "agent-pe", "rag-pe", "ram
 # (several processes may share one run folder: stages and rows are locked, see two_stage._Lock)
 
 
-def run_ablation(out: str, budget_minutes: float, *, rows: Sequence[str] = RUN_ORDER, **kw: Any) -> dict[str, Any]:
+PLAN_STEP_KEYS = {"ramp": "ramp_sft_steps", "downstream": "downstream_sft_steps", "grpo": "grpo_steps"}
+
+
+def parse_steps(text: str) -> dict[str, int]:
+    """``"ramp=120,downstream=20"`` -> ``{"ramp_sft_steps": 120, "downstream_sft_steps": 20}`` (the
+    plan keys :func:`plan_budget` writes); a clear error for an unknown stage or a bad count."""
+    from masksearch.pipelines.two_stage import PipelineError
+
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in (text or "").split(",")):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        key = PLAN_STEP_KEYS.get(name.strip())
+        if key is None or not value.strip().isdigit() or int(value) < 1:
+            raise PipelineError(f"bad step override {part!r}: use NAME=STEPS with NAME one of "
+                                f"{', '.join(PLAN_STEP_KEYS)} and STEPS >= 1, e.g. ramp=120,downstream=20")
+        out[key] = int(value)
+    return out
+
+
+def resolve_plan(out: str | os.PathLike, budget_minutes: float, steps: dict[str, int] | None = None,
+                 sft_step_seconds: float = REFERENCE_SFT_STEP_SECONDS) -> dict[str, Any]:
+    """The run's plan: ``OUT/plan.json`` when it exists (refused if ``steps`` disagree with it), else
+    :func:`plan_budget` with ``steps`` laid over it, written there."""
+    from masksearch.pipelines.two_stage import PipelineError
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    plan_path = root / PLAN_FILE
+    steps = dict(steps or {})
+    if plan_path.exists():
+        plan = json.loads(plan_path.read_text())
+        clash = {k: (plan.get(k), v) for k, v in steps.items() if plan.get(k) != v}
+        if clash:
+            raise PipelineError(f"{plan_path} plans other step counts than asked ({clash}: stored, asked): "
+                                "use a new --out for a new plan")
+        return plan
+    plan = {**plan_budget(budget_minutes, sft_step_seconds), **steps}
+    if steps:
+        plan["overridden"] = sorted(steps)
+    plan_path.write_text(json.dumps(plan, indent=2))
+    return plan
+
+
+def run_ablation(out: str, budget_minutes: float, *, rows: Sequence[str] = RUN_ORDER,
+                 steps: dict[str, int] | None = None, **kw: Any) -> dict[str, Any]:
     """Run (or resume) the data, the four training stages and the five evaluated rows.
 
     Pass 1 trains each row's stages and evaluates it on the in-domain benchmark only; pass 2 adds
     the other benchmarks (evaluations resume per question, so nothing is run twice).  The plan
     (step counts) is written to ``OUT/plan.json`` on the first run and reused on every rerun, so a
-    resumed run trains exactly what the first one planned."""
+    resumed run trains exactly what the first one planned.  ``steps`` (plan keys, see
+    :func:`parse_steps`) overrides the budget's step counts in a new plan; a rerun whose ``steps``
+    disagree with the stored plan is refused rather than mixing two plans in one folder."""
+    from masksearch.pipelines.two_stage import PipelineError
+
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
-        from masksearch.pipelines.two_stage import PipelineError
-
         raise PipelineError(f"unknown ablation row(s) {unknown}: use {', '.join(ROWS)}")
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    plan_path = root / PLAN_FILE
-    if plan_path.exists():
-        plan = json.loads(plan_path.read_text())
-    else:
-        plan = plan_budget(budget_minutes, kw.get("sft_step_seconds", REFERENCE_SFT_STEP_SECONDS))
-        plan_path.write_text(json.dumps(plan, indent=2))
+    plan = resolve_plan(out, budget_minutes, steps, kw.get("sft_step_seconds", REFERENCE_SFT_STEP_SECONDS))
     t0 = time.perf_counter()
     pipe = Pipeline(ablation_config(out, budget_minutes, plan=plan, **kw))
     pipe.state["plan"] = plan
