@@ -246,3 +246,24 @@ def test_force_answer_evaluates_the_agent_rows_beside_the_plain_ones(tmp_path):
     assert rep["outcomes_hotpotqa"]["downstream-sft"] == {"n": 2, "status": {"forced": 1, "answered": 1},
                                                           "searches": 2.0}
     assert (tmp_path / "report-forced" / "table.md").exists() and "forced" in (tmp_path / "report-forced" / "table.md").read_text()
+
+
+def test_evidence_outcomes_count_what_the_quotes_did():
+    from masksearch.pipelines.ablation import evidence_outcomes, run_outcomes
+    from masksearch.training.provenance import evidence_quotes, quoted_evidence
+
+    info = "<information>\nDoc 1 (Title: Leinster) Leinster is a province in the east of Ireland.\n</information>"
+    right = "I have the answer now. " + evidence_quotes(info, ["the east of Ireland"])
+    assert quoted_evidence(right) == ("Leinster", "Leinster is a province in the east of Ireland")
+    made_up = 'I have the answer now. The passage "Munster" says: "Munster is in the south".'
+
+    def rec(thought, pred, steps=1):
+        return {"prediction": pred, "golden_answers": ["the east of Ireland"], "status": "answered", "num_searches": steps,
+                "trajectory": {"final_thought": thought, "steps": [{"information": info}] * steps}}
+
+    records = [rec(right, "the east of Ireland"), rec(right, "Leinster is a province in the east of Ireland", 2),
+               rec(made_up, "Munster"), rec("I have the answer now.", "Cork")]
+    assert evidence_outcomes(records) == {"one_search": 3, "gold_shown": 4, "quotes": 3, "quote_literal": 2,
+                                          "answer_from_quote": 3, "answer_is_quote": 1, "quote_has_gold": 2}
+    assert run_outcomes(records)["evidence"]["quotes"] == 3
+    assert "evidence" not in run_outcomes([rec("no quote", "Cork")])  # older runs: the report is unchanged

@@ -336,8 +336,42 @@ def run_outcomes(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         st = rec.get("status") or "?"
         counts["forced" if st == "answered" and meta.get("forced_answer") else st] += 1
     n = len(records)
-    return {"n": n, "status": dict(counts),
-            "searches": round(sum(r.get("num_searches") or 0 for r in records) / n, 2) if n else None}
+    out = {"n": n, "status": dict(counts),
+           "searches": round(sum(r.get("num_searches") or 0 for r in records) / n, 2) if n else None}
+    evidence = evidence_outcomes(records)
+    if evidence["quotes"]:
+        out["evidence"] = evidence
+    return out
+
+
+def evidence_outcomes(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """What the final thoughts' quotes (``The passage "T" says: "…".``, the provenance teachers'
+    form) did: runs with one search, runs whose shown ``<information>`` holds a gold answer, quotes,
+    quotes that are word for word in the shown information, answers taken from the quote (the answer
+    a span of it), answers that are the whole quote, and quotes that hold a gold answer."""
+    from masksearch.scoring import span_in_text
+    from masksearch.training.provenance import quoted_evidence
+
+    c: Counter = Counter()
+    for rec in records:
+        traj = rec.get("trajectory") or {}
+        steps = traj.get("steps") or []
+        info = " ".join(" ".join((st.get("information") or "").split()) for st in steps)
+        golds = [str(g) for g in rec.get("golden_answers") or []]
+        c["one_search"] += len(steps) == 1
+        c["gold_shown"] += any(span_in_text(info, g) for g in golds)
+        found = quoted_evidence(traj.get("final_thought") or "")
+        if found is None:
+            continue
+        quote, pred = found[1], str(rec.get("prediction") or "").strip()
+        c["quotes"] += 1
+        c["quote_literal"] += bool(quote) and quote in info
+        c["answer_from_quote"] += bool(pred) and span_in_text(quote, pred)
+        c["answer_is_quote"] += bool(pred) and pred.rstrip(". ") == quote.strip().rstrip(". ")
+        c["quote_has_gold"] += any(span_in_text(quote, g) for g in golds)
+    keys = ("one_search", "gold_shown", "quotes", "quote_literal", "answer_from_quote", "answer_is_quote",
+            "quote_has_gold")
+    return {k: int(c[k]) for k in keys}
 
 
 def _diff_pct(bs: dict[str, Any]) -> dict[str, Any]:
@@ -372,6 +406,14 @@ def _markdown(table: dict, diffs: dict, n_questions: dict, present: list[str], b
             main = [st.pop(k, 0) for k in ("answered", "forced", "turn_cap", "malformed")]
             parts.append(f"| {r} | " + " | ".join(str(x) for x in main) + f" | {sum(st.values())} | {o['searches']} |")
         parts.append("")
+        quoted = {r: o["evidence"] for r, o in outcomes.items() if o.get("evidence")}
+        if quoted:
+            keys = list(next(iter(quoted.values())))
+            parts += ["What the final thoughts' quotes did, in-domain (runs):", "",
+                      "| row | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+                      "|---|" + "---:|" * len(keys)]
+            parts += [f"| {r} | " + " | ".join(str(e[k]) for k in keys) + " |" for r, e in quoted.items()]
+            parts.append("")
     return "\n".join(parts) + "\n"
 
 

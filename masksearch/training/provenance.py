@@ -127,6 +127,16 @@ def evidence_quotes(information: str, spans: list[str], max_quotes: int = 1,
     return " ".join(_QUOTE.format(title=t, quote=q.rstrip(".!?;:, ")) + "." for t, q in quotes)
 
 
+_QUOTED = re.compile(r'The passage "(.*?)" says: "(.*?)"\.')
+
+
+def quoted_evidence(thought: str) -> tuple[str, str] | None:
+    """``(title, quote)`` of the first :data:`_QUOTE` in a thought (a teacher's or a student's), or
+    ``None``: the reader of the form :func:`evidence_quotes` writes."""
+    m = _QUOTED.search(thought or "")
+    return (m.group(1), m.group(2)) if m else None
+
+
 def _seed(example_id: str) -> int:
     return sum(ord(c) for c in example_id)
 
