@@ -197,3 +197,15 @@ def test_a_grpo_step_is_the_same_with_and_without_sharing(tiny_model_path, tmp_p
     changed = max(float((w_a[k] - base[k]).abs().max()) for k in w_a)
     moved = max(float((w_a[k] - w_b[k]).abs().max()) for k in w_a)
     assert changed > 1e-4 and moved < 1e-5, (changed, moved)  # it trained, and both trained the same
+
+
+def test_peft_and_wrapped_models_take_trls_path(fused_tiny):
+    from types import SimpleNamespace
+
+    from masksearch.training.prefix_sharing import shared_prompt_logps
+
+    ids, att, tool = _batch()
+    wrapped = SimpleNamespace(module=fused_tiny, base_model=fused_tiny.base_model)  # like DDP
+    peft = SimpleNamespace(peft_config={}, base_model=fused_tiny.base_model)
+    assert shared_prompt_logps(wrapped, ids, att, tool.shape[1], tool_mask=tool) is None
+    assert shared_prompt_logps(peft, ids, att, tool.shape[1], tool_mask=tool) is None

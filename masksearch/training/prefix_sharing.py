@@ -17,9 +17,9 @@ one forward pass of it:
 The backward pass runs through the prompt once with the gradients of all its completions
 accumulated, so loss and gradients equal TRL's path up to float rounding (tested in
 ``tests/test_prefix_sharing.py``; ``benchmarks/bench_train.py`` measures it).  Anything this does
-not cover -- a multimodal batch, an MoE aux loss, an entropy quantile mask, a cache that is not
-plain dynamic layers, a completion mask that is not a prefix of ones -- falls back to TRL's own
-path, unchanged.
+not cover -- a PEFT or DDP-wrapped model, a multimodal batch, an MoE aux loss, an entropy quantile
+mask, a cache that is not plain dynamic layers, a completion mask that is not a prefix of ones --
+falls back to TRL's own path, unchanged.
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ def _row_span(mask_row: Any, left: bool) -> tuple[int, int] | None:
 
 
 def _backbone(model: Any) -> Any:
+    """The decoder under the LM head of a plain causal LM; ``None`` for a PEFT or a wrapped model
+    (DDP), whose ``base_model`` is not the backbone: those take TRL's path."""
+    if hasattr(model, "peft_config") or hasattr(model, "module"):
+        return None
     base = getattr(model, "base_model", None)
     return None if base is None or base is model else base
 
