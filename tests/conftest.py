@@ -97,3 +97,16 @@ def qwen_server():
     from masksearch.models.llamacpp import shared_server
 
     return shared_server("qwen2.5-coder-0.5b", **QWEN_SERVER)
+
+
+@pytest.fixture()
+def fused_tiny(tiny_model_path):
+    """The tiny model with TRL's fused LM head (log-probs, entropy, top-1), as the trainers patch it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    return model

@@ -4,18 +4,7 @@ loss and update as TRL's row-by-row padded path, with fewer positions through th
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture()
-def fused_tiny(tiny_model_path):
-    import torch
-    from transformers import AutoModelForCausalLM
-    from trl.trainer.utils import add_fused_lm_head
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
-    return model
+from test_training_speed import _spy  # counts the positions each fused-head call projects
 
 
 def _batch(prompt_len: int = 14, comp_len: int = 11, rows: int = 6):
@@ -40,7 +29,6 @@ def _batch(prompt_len: int = 14, comp_len: int = 11, rows: int = 6):
 
 def test_shared_prompt_logps_equal_the_full_forward_with_fewer_positions(fused_tiny, monkeypatch):
     import torch
-    import trl.trainer.utils as tu
 
     from masksearch.training.prefix_sharing import shared_prompt_logps
     from masksearch.training.speed import fast_lm_head
@@ -56,16 +44,7 @@ def test_shared_prompt_logps_equal_the_full_forward_with_fewer_positions(fused_t
     ref_grads = {n: p.grad.clone() for n, p in fused_tiny.named_parameters()}
     fused_tiny.zero_grad(set_to_none=True)
 
-    seen: list[int] = []
-    real = tu._ChunkedLogProbFunction
-
-    class Spy:
-        @staticmethod
-        def apply(hidden, *args):
-            seen.append(int(hidden.shape[0]))
-            return real.apply(hidden, *args)
-
-    monkeypatch.setattr(tu, "_ChunkedLogProbFunction", Spy)
+    seen = _spy(monkeypatch)
     calls: list[int] = []
     backbone = fused_tiny.base_model
     real_forward = backbone.forward

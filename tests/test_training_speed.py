@@ -6,18 +6,6 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture()
-def fused_tiny(tiny_model_path):
-    import torch
-    from transformers import AutoModelForCausalLM
-    from trl.trainer.utils import add_fused_lm_head
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
-    return model
-
-
 def _spy(monkeypatch):
     """Record how many positions each fused-head call projects."""
     import trl.trainer.utils as tu
