@@ -48,8 +48,8 @@ _FIRST_THOUGHTS = (
 ANSWER_IN_HAND = "I have the answer now."
 NOT_YET = "I do not have the answer yet."
 _NEXT_THOUGHT = NOT_YET + " Another blank is in a different sentence. I will search for that sentence too."
-# The final thought quotes the sentence of the shown passage that holds the answer, then reads the
-# answer off the quote: the students of the second ablation named passages no search had shown and
+# The final thought quotes the sentence of the shown passage that holds the answer, and the answer
+# that follows is a span of the quote: the students of the second ablation named passages no search had shown and
 # answered wrongly after one search; copying a sentence out of <information> is what a small model
 # does well, and the answer is then a span of its own thought (see :func:`evidence_quotes`).  The
 # answer is not repeated in the thought: the final turn stays within the evaluation's 96 new tokens.
