@@ -17,10 +17,10 @@ each adjacent-row difference on the same questions.
 ``2wikimultihopqa.*.jsonl``, ``musique.*.jsonl`` …), detected by prefix.  ``--make-eval-dir``
 writes DIR first: the fixed held-out HotpotQA split (60 questions, never trained on) and links to
 the shared files of the other five.  ``--budget-minutes M`` sizes the training (see
-``masksearch.pipelines.ablation.plan_budget``) in steps at a reference speed ``s`` (35 s per SFT
-step of 4 rows, the quiet 2-core CPU of docs/training.md): RAMP SFT ``floor(0.4·M·60 / s)`` steps,
-each of the two downstream SFTs the same ``floor(0.2·M·60 / s)`` steps, GRPO
-``floor(0.2·M·60 / 2.5s)`` steps.  A busy machine takes longer; the steps stay the same.  Kill it any time: a rerun with the same flags
+``masksearch.pipelines.ablation.plan_budget``) in steps at a reference speed ``s`` (16 s per SFT
+step of 4 rows, the current code on the quiet 2-core CPU of docs/training.md): RAMP SFT
+``floor(0.4·M·60 / s)`` steps, each of the two downstream SFTs the same ``floor(0.2·M·60 / s)``
+steps, GRPO ``floor(0.2·M·60 / 2.6s)`` steps.  A busy machine takes longer; the steps stay the same.  Kill it any time: a rerun with the same flags
 resumes (finished stages skipped, evaluations resume per question).  Last line: one JSON object.
 """
 
@@ -59,6 +59,8 @@ def make_eval_dir(eval_dir: Path, split_dir: Path, eval_n: int, salt: str) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
+    from masksearch.pipelines.ablation import REFERENCE_SFT_STEP_SECONDS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval-dir", default=None, help="folder of benchmark question files (by prefix)")
     ap.add_argument("--make-eval-dir", action="store_true",
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2", help="the student (same for every row)")
     ap.add_argument("--ramp-n", type=int, default=300, help="RAMP questions for stage 1")
     ap.add_argument("--eval-n", type=int, default=60, help="size of the held-out HotpotQA split")
-    ap.add_argument("--sft-step-seconds", type=float, default=35.0,
+    ap.add_argument("--sft-step-seconds", type=float, default=REFERENCE_SFT_STEP_SECONDS,
                     help="reference seconds per SFT step of 4 rows that turns --budget-minutes into steps")
     ap.add_argument("--k", type=int, default=3, help="documents per search (every row, teachers, rollouts)")
     ap.add_argument("--max-turns", type=int, default=3)

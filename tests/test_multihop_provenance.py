@@ -120,3 +120,52 @@ def test_same_export_as_ramp_teachers(retriever, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "out" / "trajectories.jsonl").read_text().splitlines()]
     assert {r["provenance"]["teacher"] for r in rows} == {MULTIHOP_TEACHER}
     assert [json.loads(x)["id"] for x in (tmp_path / "out" / "sft.jsonl").read_text().splitlines()] == ["q1"]
+
+
+YES_NO_PASSAGES = [
+    {"id": "fe", "title": "Ferocactus",
+     "text": "Ferocactus (Ferocactus) is a genus of large barrel-shaped cacti, mostly with large spines."},
+    {"id": "si", "title": "Silene", "text": "Silene is a genus of flowering plants in the family Caryophyllaceae."},
+    {"id": "x3", "title": "Cactus", "text": "A cactus is a member of the plant family Cactaceae."},
+]
+
+
+@pytest.fixture(scope="module")
+def yes_no_retriever(tmp_path_factory):
+    from masksearch.retrieval import build_index, make_retriever
+
+    d = tmp_path_factory.mktemp("yn")
+    corpus = d / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in YES_NO_PASSAGES))
+    build_index(str(corpus), kind="bm25", out=str(d / "bm25"))
+    return make_retriever(f"bm25:{d / 'bm25'}", k=1)
+
+
+def _yes_no_rec(**kw):
+    rec = {"id": "q2", "question": "Are Ferocactus and Silene both types of genus?", "golden_answers": ["Yes"],
+           "supporting_titles": ["Ferocactus", "Silene"], "supporting_passage_ids": ["fe", "si"]}
+    rec.update(kw)
+    return rec
+
+
+def test_yes_no_answer_is_accepted_once_every_supporting_passage_is_shown(yes_no_retriever):
+    from masksearch.training.provenance import quoted_evidence, yes_no_answer
+
+    assert yes_no_answer(["Yes"]) == "yes" and yes_no_answer(["no "]) == "no" and yes_no_answer(["Nobel"]) is None
+    r = Recording(yes_no_retriever)
+    t = run_multihop_provenance(_yes_no_rec(), r, k=1)
+    # "yes" is in no passage: it is a judgement over both supporting passages, so both are searched
+    assert len(r.queries) == 2 and "Silene" in r.queries + [d.title for s in t.steps for d in s.documents]
+    assert t.answer == "yes" and t.verdicts["grounded"]["ok"] is True and AcceptFilter().check(t) == (True, "accepted")
+    # the final thought quotes each supporting passage where it shares the question's words ("genus"),
+    # literally, avoiding the parenthesis, in the order of the supporting facts
+    assert t.final_thought == (ANSWER_IN_HAND + ' The passage "Ferocactus" says: "is a genus of large '
+                               'barrel-shaped cacti, mostly". The passage "Silene" says: "Silene is a '
+                               'genus of flowering plants in".')
+    assert quoted_evidence(t.final_thought) == ("Ferocactus", "is a genus of large barrel-shaped cacti, mostly")
+
+
+def test_yes_no_answer_with_a_supporting_passage_not_shown_is_rejected(yes_no_retriever):
+    t = run_multihop_provenance(_yes_no_rec(supporting_passage_ids=["fe", "zz"], supporting_titles=["Ferocactus", "Qwxyz"]),
+                                yes_no_retriever, k=1)
+    assert t.verdicts["grounded"]["reason"] == REJECT_SUPPORT and AcceptFilter().check(t) == (False, "ungrounded")

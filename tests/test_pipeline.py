@@ -148,11 +148,13 @@ def test_budget_plan_gives_both_downstream_rows_the_same_steps():
     from masksearch.pipelines.ablation import ablation_config, plan_budget
 
     plan = plan_budget(20, 35.0)
-    # 40 % / 20 % / 20 % of 1200 s at 35 s a step; GRPO steps cost 2.5 SFT steps
+    # 40 % / 20 % / 20 % of 1200 s at 35 s a step; GRPO steps cost 2.6 SFT steps
     assert (plan["ramp_sft_steps"], plan["downstream_sft_steps"], plan["grpo_steps"]) == (13, 6, 2)
+    # the default reference speed (16 s a step): 480/16, 240/16, 240/41.6
+    assert [plan_budget(20)[k] for k in ("ramp_sft_steps", "downstream_sft_steps", "grpo_steps")] == [30, 15, 5]
     cfg = ablation_config("runs/x", 20)
     ds = {s.name: s for s in cfg.stages}
-    assert ds["downstream-sft"].max_steps == ds["ramp-downstream-sft"].max_steps == 6
+    assert ds["downstream-sft"].max_steps == ds["ramp-downstream-sft"].max_steps == 15
     assert ds["downstream-sft"].init == "base" and ds["ramp-downstream-sft"].init == "ramp-sft"
     assert ds["ramp-downstream-grpo"].init == "ramp-downstream-sft"
     assert [e.name for e in cfg.evals] == ["agent-pe", "rag-pe", "downstream-sft", "ramp+downstream-sft",

@@ -40,10 +40,12 @@ ROW_SOURCES = {
 
 # budget shares of the training minutes (see plan_budget)
 SHARE_RAMP, SHARE_DOWNSTREAM_EACH, SHARE_GRPO = 0.4, 0.2, 0.2
-# docs/training.md, quiet 2-core CPU: an SFT step of 4 rows (~750 tokens) takes 31-37 s; a GRPO step
-# of 2 questions x 4 rollouts ~82 s, i.e. ~2.5 SFT steps
-REFERENCE_SFT_STEP_SECONDS = 35.0
-GRPO_STEP_OVER_SFT_STEP = 2.5
+# the reference speed of the current code (docs/training.md, "Figures with the shared prompt
+# prefix"): an SFT step of 4 rows (~750 tokens) takes ~16 s on a quiet 2-core CPU (it was 31-37 s
+# before the fused head, packing and prefix sharing); a GRPO step of 2 questions x 4 rollouts ~42 s
+# (the third ablation run: 336 s for 8 steps), i.e. ~2.6 SFT steps.  The speed-up buys steps.
+REFERENCE_SFT_STEP_SECONDS = 16.0
+GRPO_STEP_OVER_SFT_STEP = 2.6
 
 
 def plan_budget(budget_minutes: float, sft_step_seconds: float = REFERENCE_SFT_STEP_SECONDS) -> dict[str, Any]:

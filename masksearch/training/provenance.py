@@ -17,7 +17,9 @@ The **multi-hop provenance teacher** (:func:`run_multihop_provenance`, teacher n
 ``multihop-provenance``) does the same for downstream multi-hop QA (HotpotQA-style records with
 ``supporting_passage_ids``/``supporting_titles``): one real search per hop, the bridge entity named
 in the thoughts, the gold answer, accepted only when every supporting passage and the answer were
-shown to the student.
+shown to the student.  A yes/no answer (a comparison question: "Are X and Y both ...?") is a
+judgement over the supporting passages, not a span of them: such a run is accepted when every
+supporting passage was shown, and its final thought quotes the lead of each.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from typing import Any
 
 from masksearch.agents.judge import string_verdict
-from masksearch.scoring import span_in_text
+from masksearch.scoring import normalize, span_in_text
 from masksearch.graphs.teacher import _as_example, _retrieve, describe_retriever, format_information
 from masksearch.protocol import MASK_TOKEN, join_answers
 from masksearch.trajectory import Document, Provenance, Step, Trajectory
@@ -238,6 +240,47 @@ _HOP_NEED = NOT_YET + " I still need the facts about {bridge}. I will search for
 _MULTIHOP_FINAL = ANSWER_IN_HAND + " {evidence}"
 
 
+YES_NO = ("yes", "no")
+LEAD_MAX_WORDS = 8  # words of each passage's lead in a yes/no final thought (two fit in 96 tokens)
+
+
+def yes_no_answer(golds: list[str]) -> str | None:
+    """``"yes"`` or ``"no"`` when the (first) gold answer is one, normalised; else ``None``."""
+    g = normalize(golds[0]) if golds else ""
+    return g if g in YES_NO else None
+
+
+def lead_quotes(information: str, titles: Any, question: str = "", max_words: int = LEAD_MAX_WORDS) -> str:
+    """One :data:`_QUOTE` per title in ``titles`` (in order, each once): the literal run of at most
+    ``max_words`` words of that shown document that shares the most words with ``question`` outside
+    the title (then: fewest parenthesised words, earliest), the evidence of a yes/no answer."""
+    docs: dict[str, str] = {}
+    for m in (_DOC_LINE.match(line.strip()) for line in (information or "").splitlines()):
+        if m and m.group(1) not in docs:
+            docs[m.group(1)] = m.group(2)[:-4] if m.group(2).endswith(" ...") else m.group(2)
+    out = []
+    for title in dict.fromkeys(titles):
+        if title not in docs:
+            continue
+        words = docs[title].split()
+        keys = set(normalize(question).split()) - set(normalize(title).split()) - _STOP_WORDS
+        norm = [normalize(w) for w in words]
+
+        def rank(i: int) -> tuple[int, int, int]:
+            window = range(i, min(len(words), i + max_words))
+            hits = len({norm[j] for j in window} & keys)
+            return hits, -sum(("(" in words[j] or ")" in words[j]) for j in window), -i
+
+        best = max(range(max(1, len(words) - max_words + 1)), key=rank)
+        quote = " ".join(words[best:best + max_words]).lstrip(",;: ")
+        out.append(_QUOTE.format(title=title, quote=quote.rstrip(".!?;:, ")) + ".")
+    return " ".join(out)
+
+
+_STOP_WORDS = frozenset("""are is was were be been both the a an of in on at to for and or by with from as
+ same which who what that this these those it its do does did not no yes than more""".split())
+
+
 def _doc_shown(doc: Document, information: str) -> bool:
     """Whether ``doc`` made it into the ``<information>`` block (the formatter drops documents past
     the token budget)."""
@@ -261,7 +304,8 @@ def run_multihop_provenance(example: Any, retriever: Any, *, k: int = 5, info_ma
     The run is **accepted only when every supporting passage and the answer are in what the student
     was shown** (the ``<information>`` blocks); otherwise ``verdicts.grounded`` says why
     (``reason``: one of :data:`REJECT_NO_SUPPORT`, :data:`REJECT_SUPPORT`, :data:`REJECT_ANSWER`,
-    :data:`REJECT_SEARCH`).
+    :data:`REJECT_SEARCH`).  A yes/no gold (:func:`yes_no_answer`) counts as shown once every
+    supporting passage is; its final thought quotes each passage's lead (:func:`lead_quotes`).
     """
     from masksearch.retrieval.corpus import parent_id
 
@@ -306,7 +350,9 @@ def run_multihop_provenance(example: Any, retriever: Any, *, k: int = 5, info_ma
                 thought = _HOP_NEED.format(bridge=bridge)
             search(bridge, thought)
     missing_passages = [pid for pid in sup_ids if pid not in shown]
-    answer_shown = next((g for g in golds if contains_span(info_all, g)), None)
+    yes_no = yes_no_answer(golds)
+    # a yes/no answer is "shown" once its supporting passages are: it is a judgement over them
+    answer_shown = yes_no or next((g for g in golds if contains_span(info_all, g)), None)
     if not sup_ids:
         reason = REJECT_NO_SUPPORT
     elif errors:
@@ -318,7 +364,11 @@ def run_multihop_provenance(example: Any, retriever: Any, *, k: int = 5, info_ma
     else:
         reason = ""
     answer = answer_shown or (golds[0] if golds else "")
-    evidence = evidence_quotes(info_all, [answer], prefer=shown.values()) or "The passages give it."
+    if yes_no:
+        evidence = lead_quotes(info_all, [shown[pid] for pid in sup_ids if pid in shown], ex.question)
+    else:
+        evidence = evidence_quotes(info_all, [answer], prefer=shown.values())
+    evidence = evidence or "The passages give it."
     final = _MULTIHOP_FINAL.format(evidence=evidence)
     grounded = {"ok": not reason, "reason": reason or "accepted", "missing": [] if answer_shown else golds,
                 "missing_passages": missing_passages}
