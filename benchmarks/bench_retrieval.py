@@ -204,7 +204,6 @@ def main() -> None:
 
     res["raw_bm25s_qps"] = round(qps(bm25s_batch, len(all_q), 2.0), 1)
     log(f"raw bm25s: {res['raw_bm25s_qps']} q/s")
-    del retr
 
     # ---- LangChain BM25Retriever (rank_bm25)
     if not args.quick:
@@ -231,8 +230,6 @@ def main() -> None:
     res["questions"] = {n: len(qsets[n]) for n in DATASETS}
 
     # ---- recall on the pool: BM25 / dense / hybrid over the same passages
-    from masksearch.retrieval import Passage
-
     pool_q = {n: qsets[n][: args.pool_questions] for n in DATASETS}
     pool_ids = {pid for n in DATASETS for q in pool_q[n] for pid in q.get("context_passage_ids", [])}
     pool_ids |= {pid for n in DATASETS for q in pool_q[n] for pid in q["supporting_passage_ids"]}

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     from masksearch.training.config import DistillArguments, SFTScriptArguments
     from masksearch.training.distill import load_student_model, prepare_splits, run_distill, run_students, student_metrics, summarize_report
     from masksearch.training.export import run_cot
-    from masksearch.trajectory import read_trajectories, write_trajectories
+    from masksearch.trajectory import write_trajectories
 
     t_all = time.perf_counter()
     work = Path(a.workdir)

@@ -8,7 +8,7 @@ topk 3, (2) 12 concurrent requests of 2,560 x topk 8 (``--max-hits``' limit), (3
 limit (expects 413).  Compare ``--max-in-flight 4`` (default) with ``--max-in-flight 100``.
 Ends with one JSON line.  Figures in docs/retrieval.md.
 """
-import json, os, subprocess, sys, time, threading, socket
+import json, subprocess, sys, time, threading, socket
 import httpx, psutil
 
 idx = sys.argv[1]

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import sys
 import time
 
 import pytest
